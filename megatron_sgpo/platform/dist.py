@@ -1,0 +1,106 @@
+"""torch.distributed and megatron ``parallel_state`` set-up from torchrun's environment.
+
+One entry point, :func:`init_parallel`, used by training, conversion tools, tests and benchmarks:
+NCCL on GPU, gloo on CPU (which also switches on :mod:`megatron_sgpo.platform.cpu`). A plain
+``python`` process (no torchrun variables) becomes a world of one.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_sgpo.platform import cpu
+
+
+@dataclass(frozen=True)
+class ParallelSizes:
+    """The model-parallel layout of a run; DP is derived from the world size."""
+
+    tp: int = 1
+    pp: int = 1
+    vpp: int | None = None
+    cp: int = 1
+    sequence_parallel: bool = False
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "cp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"parallel size {name}={getattr(self, name)} must be >= 1")
+        if self.vpp is not None and (self.vpp < 1 or self.pp < 2):
+            raise ValueError(f"virtual pipeline size vpp={self.vpp} needs pp >= 2 (pp={self.pp}) and vpp >= 1")
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("sequence_parallel=True needs tp > 1 (tp=1)")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        model_parallel = self.tp * self.pp * self.cp
+        if world_size % model_parallel != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model_parallel}"
+            )
+        return world_size // model_parallel
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for single-process runs and tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def device() -> torch.device:
+    """The device this rank computes on: its local GPU, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_parallel(sizes: ParallelSizes, seed: int = 1234, timeout_minutes: int = 10) -> int:
+    """Initialise the process group and megatron's parallel state; return the DP size.
+
+    Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT as torchrun sets them.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dp = sizes.data_parallel_size(world_size)
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        cpu.enable()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            if world_size > 1:
+                raise RuntimeError("MASTER_PORT is not set: launch multi-process runs with torchrun")
+            os.environ["MASTER_PORT"] = str(free_port())
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=sizes.tp,
+            pipeline_model_parallel_size=sizes.pp,
+            virtual_pipeline_model_parallel_size=sizes.vpp,
+            context_parallel_size=sizes.cp,
+        )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return dp
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron's groups and the process group (tests run several layouts in one process)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,129 @@
+"""The trainable policy: megatron model chunks wrapped in megatron DDP, with megatron's optimizer.
+
+Holds what one rank owns of the model and exposes the two passes RL needs: log-probs (forward only)
+and an update over a step's micro-batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_sgpo.platform.dist import ParallelSizes, device
+from megatron_sgpo.train.model import ModelOptions, build_model, load_hf_config
+from megatron_sgpo.train.step import LossFn, MicroBatch, forward_backward
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised before the optimizer step when the loss is NaN/inf; the weights stay as they were."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    distributed_optimizer: bool = False
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"optimizer lr must be > 0, got {self.lr}")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+
+
+class Policy:
+    """Model chunks + DDP + optimizer for one rank, built from an HF config."""
+
+    def __init__(self, hf_config, sizes: ParallelSizes, dp_size: int, options: ModelOptions = ModelOptions(),
+                 optim: OptimConfig = OptimConfig()):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        self.hf_config = load_hf_config(hf_config)
+        self.sizes, self.dp_size, self.options = sizes, dp_size, options
+        chunks = build_model(self.hf_config, sizes, options)
+        config = chunks[0].config
+        config.finalize_model_grads_func = finalize_model_grads
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=optim.distributed_optimizer,
+        )
+        self.chunks = [
+            DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk) for chunk in chunks
+        ]
+        dtype = options.torch_dtype()
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
+                adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps, clip_grad=optim.clip_grad,
+                bf16=dtype == torch.bfloat16, params_dtype=dtype,
+                use_distributed_optimizer=optim.distributed_optimizer,
+            ),
+            self.chunks,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config["vocab_size"]
+
+    def modules(self) -> list:
+        """The unwrapped GPTModel chunks."""
+        return [c.module for c in self.chunks]
+
+    def load_hf(self, hf) -> int:
+        """Load HF tensors (a mapping name -> tensor, e.g. an HFCheckpoint); return bytes loaded."""
+        from megatron.core import parallel_state
+
+        from megatron_sgpo.weights.load import load_hf_weights
+        from megatron_sgpo.weights.mapping import WeightMapping
+
+        mapping = WeightMapping(self.hf_config, self.sizes.tp, self.options.make_vocab_size_divisible_by)
+        loaded = load_hf_weights(self.modules(), hf, mapping, parallel_state.get_tensor_model_parallel_rank())
+        # megatron keeps fp32 main params inside the optimizer: refresh them from the new weights
+        self.optimizer.reload_model_params()
+        return loaded
+
+    def logprobs(self, micro_batches: list[MicroBatch], temperature: float = 1.0, with_entropy: bool = False) -> list[dict]:
+        """Forward only; on the last pipeline stage, per micro-batch ``{"logprobs": [b, s]}``."""
+        for chunk in self.chunks:
+            chunk.eval()
+        with torch.no_grad():
+            return forward_backward(self.chunks, micro_batches, None, self.dp_size, self.vocab_size,
+                                    temperature, with_entropy, forward_only=True)
+
+    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, temperature: float = 1.0,
+                   with_entropy: bool = False) -> dict:
+        """One optimizer step over the micro-batches; returns the summed metrics and the grad norm."""
+        for chunk in self.chunks:
+            chunk.train()
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        outputs = forward_backward(self.chunks, micro_batches, loss_fn, self.dp_size, self.vocab_size,
+                                   temperature, with_entropy)
+        metrics = _sum_metrics(outputs)
+        # every rank must agree on skipping: reduce a finiteness flag over the whole world
+        finite = all(bool(torch.isfinite(v).all()) for v in metrics.values())  # empty off the last stage
+        bad = torch.tensor([0.0 if finite else 1.0], device=device())
+        dist.all_reduce(bad)
+        if bad.item() > 0:
+            raise NonFiniteLossError("loss or metrics are NaN/inf: the optimizer step was skipped")
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            raise NonFiniteLossError("gradients are NaN/inf: the optimizer step was skipped")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        return metrics
+
+
+def _sum_metrics(outputs: list[dict]) -> dict:
+    total: dict[str, torch.Tensor] = {}
+    for out in outputs:
+        for key, value in out.items():
+            value = value.detach().float().sum()
+            total[key] = total[key] + value if key in total else value
+    return total
