@@ -96,9 +96,12 @@ class Policy:
             return forward_backward(self.chunks, micro_batches, None, self.dp_size, self.vocab_size,
                                     temperature, with_entropy, forward_only=True)
 
-    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, temperature: float = 1.0,
-                   with_entropy: bool = False) -> dict:
-        """One optimizer step over the micro-batches; returns the summed metrics and the grad norm."""
+    def compute_gradients(self, micro_batches: list[MicroBatch], loss_fn: LossFn, temperature: float = 1.0,
+                          with_entropy: bool = False) -> dict:
+        """Forward/backward and the DP gradient reduction (grads land in ``param.main_grad``).
+
+        Raises :class:`NonFiniteLossError` on every rank if any rank saw a NaN/inf loss or metric.
+        """
         for chunk in self.chunks:
             chunk.train()
             chunk.zero_grad_buffer()
@@ -106,12 +109,17 @@ class Policy:
         outputs = forward_backward(self.chunks, micro_batches, loss_fn, self.dp_size, self.vocab_size,
                                    temperature, with_entropy)
         metrics = _sum_metrics(outputs)
-        # every rank must agree on skipping: reduce a finiteness flag over the whole world
         finite = all(bool(torch.isfinite(v).all()) for v in metrics.values())  # empty off the last stage
         bad = torch.tensor([0.0 if finite else 1.0], device=device())
         dist.all_reduce(bad)
         if bad.item() > 0:
             raise NonFiniteLossError("loss or metrics are NaN/inf: the optimizer step was skipped")
+        return metrics
+
+    def train_step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, temperature: float = 1.0,
+                   with_entropy: bool = False) -> dict:
+        """One optimizer step over the micro-batches; returns the summed metrics and the grad norm."""
+        metrics = self.compute_gradients(micro_batches, loss_fn, temperature, with_entropy)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise NonFiniteLossError("gradients are NaN/inf: the optimizer step was skipped")

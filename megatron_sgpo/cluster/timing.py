@@ -1,0 +1,190 @@
+"""Predicted time of one on-policy sGPO step, phase by phase, from the FLOP and byte counts.
+
+rollout   prefill: compute-bound, the prompt once per group (radix/prefix cache);
+          decode: per engine step time = max(bytes read / (HBM * eff), FLOPs / (peak * eff))
+          + 2 TP all-reduces per layer; bytes = this GPU's weights + the KV of every active
+          sequence. Fluid model: sequences beyond the KV-limited concurrency run at full
+          concurrency with the mean length; then the batch drains, active(k) = conc * P(len > k),
+          never below one sequence, until the expected longest response of the whole step.
+logprob   forward passes over prompt + response on the training layout at the training MFU.
+train     training FLOPs / (GPUs * peak * MFU) * (1 + (PP-1)/(m*VPP)) + tensor-parallel traffic
+          (per layer and pass, two all-reduce equivalents of the hidden states, 2(t-1)/t * 2h bytes
+          per token each, over NVLink, not overlapped) + DP gradient reduction per optimizer step
+          (ring; reduce-scatter + all-gather with the distributed optimizer).
+sync      engine GPU's share of bf16 weights over NVLink (colocated, model-parallel group inside a
+          node) or the inter-node fabric, plus a fixed cost per sync.
+offload   colocated only: training state to host and back (when configured).
+profile   k samples for every dataset prompt, once, divided over the run's steps.
+Pipeline point-to-point and context-parallel KV exchange are left inside the MFU assumption.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .flops import decode_flops_per_token, forward_flops, matmul_params, total_params, training_flops
+from .layouts import EngineLayout, Placement, TrainLayout
+from .lengths import LengthDist
+from .memory import BYTES_PARAM, StageMemory, kv_bytes_per_token
+from .spec import ClusterSpec, ModelSpec, WorkloadSpec
+
+DRAIN_POINTS = 256
+
+
+@dataclass(frozen=True)
+class StepTime:
+    rollout: float
+    logprob: float
+    train: float
+    sync: float
+    offload: float
+    profile: float
+
+    @property
+    def total(self) -> float:
+        return self.rollout + self.logprob + self.train + self.sync + self.offload + self.profile
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["total"] = self.total
+        return d
+
+
+def decode_step_seconds(model: ModelSpec, cl: ClusterSpec, engine_tp: int, active: np.ndarray,
+                        context: np.ndarray) -> np.ndarray:
+    """One decode iteration of one engine with `active` sequences at `context` tokens."""
+    eff = cl.rollout_efficiency
+    weights = BYTES_PARAM * total_params(model) / engine_tp
+    kv = kv_bytes_per_token(model, engine_tp)
+    t_mem = (weights + active * context * kv) / (cl.hbm_GBps * 1e9 * eff)
+    flops = active * decode_flops_per_token(model, context) / engine_tp
+    t_cmp = flops / (cl.peak_bf16_tflops * 1e12 * eff)
+    t_comm = 2 * model.layers * cl.collective_latency_us * 1e-6 if engine_tp > 1 else 0.0
+    return np.maximum(t_mem, t_cmp) + t_comm
+
+
+def rollout_seconds(model: ModelSpec, cl: ClusterSpec, eng: EngineLayout, n_seqs: int,
+                    n_prompts: int, prompt_len: int, dist: LengthDist, kv_tokens: float) -> float:
+    """Prefill + decode time of n_seqs responses spread evenly over the engines."""
+    per_engine = n_seqs / eng.engines
+    mean = dist.truncated_mean
+    conc = max(1.0, min(per_engine, kv_tokens / (prompt_len + mean)))
+    prefill_tokens = n_prompts * prompt_len / eng.engines
+    prefill_flops = prefill_tokens * forward_flops(model, 1.0) + 4.0 * model.layers * (
+        n_prompts / eng.engines) * prompt_len**2 * model.heads * model.kv_channels
+    prefill = prefill_flops / (eng.tp * cl.peak_bf16_tflops * 1e12 * cl.rollout_efficiency)
+    full = 0.0
+    if per_engine > conc:
+        steps = (per_engine - conc) * mean / conc
+        full = steps * float(decode_step_seconds(model, cl, eng.tp, np.array(conc),
+                                                 np.array(prompt_len + mean / 2)))
+    longest = dist.expected_max(n_seqs)
+    k = np.linspace(0.0, longest, DRAIN_POINTS + 1)
+    mid = (k[:-1] + k[1:]) / 2
+    active = np.maximum(conc * dist.sf(mid), 1.0)
+    drain = float(np.sum(decode_step_seconds(model, cl, eng.tp, active, prompt_len + mid)
+                         * np.diff(k)))
+    return prefill + full + drain
+
+
+def sequence_moments(prompt_len: int, dist: LengthDist) -> tuple[float, float]:
+    """E[s] and E[s^2] of prompt + response."""
+    m1, m2 = dist.truncated_mean, dist.truncated_second_moment
+    return prompt_len + m1, prompt_len**2 + 2 * prompt_len * m1 + m2
+
+
+def num_microbatches(w: WorkloadSpec, lay: TrainLayout, n_seqs: int) -> int:
+    """Micro-batches per DP rank per optimizer step."""
+    gbs = w.train_global_batch or n_seqs
+    return max(1, gbs // (lay.dp * lay.micro_batch_size))
+
+
+def bubble_fraction(lay: TrainLayout, m: int) -> float:
+    return (lay.pp - 1) / (m * lay.vpp)
+
+
+def dp_comm_seconds(cl: ClusterSpec, lay: TrainLayout, params_per_gpu: float) -> float:
+    """Gradient reduction of one optimizer step over the DP x CP group (ring)."""
+    group = lay.dp * lay.cp
+    if group == 1:
+        return 0.0
+    frac = (group - 1) / group
+    bytes_moved = frac * params_per_gpu * (4.0 + 2.0 if lay.distributed_optimizer else 2 * 4.0)
+    inside = lay.tp * lay.cp * lay.dp <= cl.gpus_per_node
+    bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
+    return bytes_moved / bw
+
+
+def tp_comm_seconds(model: ModelSpec, cl: ClusterSpec, lay: TrainLayout, tokens: float,
+                    passes: float) -> float:
+    """TP collectives of `passes` passes over `tokens` tokens, for one GPU's share of them."""
+    if lay.tp == 1:
+        return 0.0
+    per_token_layer = 2 * 2 * (lay.tp - 1) / lay.tp * 2.0 * model.hidden
+    tokens_here = tokens / (lay.dp * lay.cp)
+    return passes * per_token_layer * (model.layers / lay.pp) * tokens_here / (cl.nvlink_GBps * 1e9)
+
+
+def train_gpus(cl: ClusterSpec, place: Placement) -> int:
+    return cl.world if place.colocated else place.train_nodes * cl.gpus_per_node
+
+
+def step_time(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, lay: TrainLayout,
+              eng: EngineLayout, place: Placement, mem: StageMemory, dist: LengthDist,
+              n_seqs: int, kv_tokens: float, rollout_s: float | None = None,
+              profile_s: float | None = None) -> StepTime:
+    """All phases of one step; rollout_s/profile_s may be passed in (they do not depend on lay)."""
+    if rollout_s is None:
+        rollout_s = rollout_seconds(model, cl, eng, n_seqs, w.prompts_per_step, w.prompt_len,
+                                    dist, kv_tokens)
+    if profile_s is None:
+        profile_s = profile_seconds(model, cl, w, eng, dist, kv_tokens)
+    gpus = train_gpus(cl, place)
+    peak = (cl.peak_fp8_tflops if w.fp8_training else cl.peak_bf16_tflops) * 1e12
+    s1, s2 = sequence_moments(w.prompt_len, dist)
+    m = num_microbatches(w, lay, n_seqs)
+    bubble = 1.0 + bubble_fraction(lay, m)
+    tokens = n_seqs * s1
+    fwd = n_seqs * forward_flops(model, s1, s2)
+    logprob = w.logprob_passes * (fwd / (gpus * cl.peak_bf16_tflops * 1e12 * cl.train_mfu) * bubble
+                                  + tp_comm_seconds(model, cl, lay, tokens, 1))
+    flops = n_seqs * training_flops(model, s1, lay.recompute, s2)
+    opt_steps = math.ceil(n_seqs / (w.train_global_batch or n_seqs))
+    tp_passes = 3 if lay.recompute == "full" else 2
+    train = (flops / (gpus * peak * cl.train_mfu) * bubble
+             + tp_comm_seconds(model, cl, lay, tokens, tp_passes)
+             + opt_steps * dp_comm_seconds(cl, lay, mem.params))
+    share = BYTES_PARAM * total_params(model) / eng.tp
+    if place.colocated:
+        inside = lay.tp * lay.pp * lay.cp <= cl.gpus_per_node
+        bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
+        sync = share / bw + cl.sync_fixed_s
+        offload = 2 * mem.static / (cl.host_GBps * 1e9) if w.offload_training_when_colocated else 0.0
+    else:
+        recv = share / (cl.internode_GBps * 1e9)
+        send = BYTES_PARAM * total_params(model) * eng.engines / (gpus * cl.internode_GBps * 1e9)
+        sync = max(recv, send) + cl.sync_fixed_s
+        offload = 0.0
+    return StepTime(rollout=rollout_s, logprob=logprob, train=train, sync=sync, offload=offload,
+                    profile=profile_s)
+
+
+def profile_seconds(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, eng: EngineLayout,
+                    dist: LengthDist, kv_tokens: float) -> float:
+    """Profiling k samples of every dataset prompt, amortised over the run's steps."""
+    if not w.dataset_size or not w.profile_k:
+        return 0.0
+    total = rollout_seconds(model, cl, eng, w.dataset_size * w.profile_k, w.dataset_size,
+                            w.prompt_len, dist, kv_tokens)
+    return total / max(w.steps, 1)
+
+
+def training_tokens_per_step(w: WorkloadSpec, dist: LengthDist, n_seqs: int) -> float:
+    return n_seqs * (w.prompt_len + dist.truncated_mean)
+
+
+def model_flops_per_token(model: ModelSpec) -> float:
+    """6N for reporting (matmul weights only)."""
+    return 6.0 * matmul_params(model)

@@ -1,0 +1,125 @@
+"""Megatron TP/PP shards → HF-named full tensors, in buckets, delivered to a rollout engine.
+
+Each pipeline stage turns its own layers into HF tensors: TP shards are all-gathered over the TP
+group, mapped with :class:`WeightMapping` (vocab padding trimmed, fused QKV and gate/up split), and
+cast to the engine's dtype. Only the first TP/DP rank of each stage keeps the result. Stages other
+than rank 0's send their tensors to global rank 0, which hands buckets of at most ``bucket_bytes``
+to the engine (in-process engine, or an HTTP client whose transport is by tensor, NCCL or disk).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from megatron_sgpo.weights.load import unwrap
+from megatron_sgpo.weights.mapping import WeightMapping, global_names
+
+Named = list[tuple[str, torch.Tensor]]
+
+
+def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor]:
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if replicated or tp == 1:
+        return [param.detach()]
+    shards = [torch.empty_like(param) for _ in range(tp)]
+    dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    return shards
+
+
+def stage_hf_tensors(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """This stage's parameters as HF (name, full tensor) pairs. Every TP rank must iterate (all-gathers);
+    the values are meaningful on all of them. Tied output weights on the last stage are skipped (the
+    first stage's embedding is the same tensor)."""
+    seen = set()
+    for chunk in chunks:
+        model = unwrap(chunk)
+        params = dict(model.named_parameters())
+        for local, name in global_names(model).items():
+            rule = mapping.rule(name)
+            shards = _gather_tp(params[local], rule.kind == "replicated")
+            for hf_name, tensor in mapping.to_hf(name, shards):
+                if hf_name in seen:
+                    continue
+                seen.add(hf_name)
+                yield hf_name, (tensor.to(dtype) if dtype is not None else tensor).cpu()
+
+
+def buckets(named, bucket_bytes: int) -> Iterator[Named]:
+    """Group (name, tensor) pairs into lists of at most ``bucket_bytes`` (a larger tensor goes alone)."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    bucket, size = [], 0
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def _stage_sources() -> list[int]:
+    """Global rank of (pp stage s, tp rank 0, dp rank 0) for every stage s, as seen by all ranks."""
+    from megatron.core import parallel_state
+
+    is_source = (parallel_state.get_tensor_model_parallel_rank() == 0
+                 and parallel_state.get_data_parallel_rank() == 0)
+    stage = parallel_state.get_pipeline_model_parallel_rank()
+    mine = torch.tensor([stage if is_source else -1, dist.get_rank()])
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    sources = {int(s): int(r) for s, r in everyone if s >= 0}
+    return [sources[s] for s in sorted(sources)]
+
+
+def collect_on_rank0(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """On global rank 0, yield every HF tensor of the model, stage by stage; elsewhere, send and yield nothing.
+
+    All ranks must consume the iterator (it drives the collectives).
+    """
+    rank = dist.get_rank()
+    local = list(stage_hf_tensors(chunks, mapping, dtype))
+    for src in _stage_sources():
+        if src == 0:
+            if rank == 0:
+                yield from local
+            continue
+        if rank == src:
+            dist.send_object_list([[(n, t.shape, t.dtype) for n, t in local]], dst=0)
+            for _, tensor in local:
+                dist.send(tensor.contiguous(), dst=0)
+        elif rank == 0:
+            meta = [None]
+            dist.recv_object_list(meta, src=src)
+            for name, shape, tdtype in meta[0]:
+                buf = torch.empty(shape, dtype=tdtype)
+                dist.recv(buf, src=src)
+                yield name, buf
+
+
+def sync_weights(chunks, mapping: WeightMapping, engine, version: int, bucket_bytes: int = 256 * 2**20,
+                 dtype: torch.dtype | None = None) -> dict:
+    """Push the policy's current weights to ``engine`` (on global rank 0). Returns bytes and tensor counts."""
+    sent = {"bytes": 0, "tensors": 0, "buckets": 0}
+    named = collect_on_rank0(chunks, mapping, dtype)
+    if dist.get_rank() != 0:
+        for _ in named:
+            pass
+        return sent
+
+    def counted():
+        for bucket in buckets(named, bucket_bytes):
+            sent["buckets"] += 1
+            for name, tensor in bucket:
+                sent["bytes"] += tensor.numel() * tensor.element_size()
+                sent["tensors"] += 1
+                yield name, tensor
+
+    engine.update_weights(counted(), version=version)
+    return sent

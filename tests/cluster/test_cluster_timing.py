@@ -1,0 +1,56 @@
+"""Communication and sync terms of the step time, and workload parsing, against hand values."""
+from pathlib import Path
+
+import pytest
+
+from megatron_sgpo.cluster import ClusterSpec, ModelSpec, TrainLayout, load_inputs
+from megatron_sgpo.cluster.spec import workload_from_dict
+from megatron_sgpo.cluster.timing import bubble_fraction, dp_comm_seconds, tp_comm_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+CL = ClusterSpec(nodes=2, gpus_per_node=8, gpu_memory_gib=80, peak_bf16_tflops=989,
+                 peak_fp8_tflops=1979, hbm_GBps=3350, nvlink_GBps=400, internode_GBps=50)
+
+
+def test_dp_reduction_uses_nvlink_inside_a_node_and_the_fabric_across():
+    p = 1e9
+    inside = TrainLayout(tp=2, pp=1, dp=4, distributed_optimizer=True)  # 8 GPUs: one node
+    assert dp_comm_seconds(CL, inside, p) == pytest.approx(3 / 4 * p * 6 / 400e9)
+    across = TrainLayout(tp=8, pp=1, dp=2, distributed_optimizer=False)  # DP peers on two nodes
+    assert dp_comm_seconds(CL, across, p) == pytest.approx(1 / 2 * p * 8 / 50e9)
+    assert dp_comm_seconds(CL, TrainLayout(tp=8, pp=2, dp=1), p) == 0.0
+
+
+def test_tp_traffic_by_hand_and_zero_without_tp():
+    m = ModelSpec(hidden=1000, layers=8, heads=8, kv_heads=8, ffn=4000, vocab=100)
+    lay = TrainLayout(tp=4, pp=2, dp=2, sequence_parallel=True)
+    # 2 all-reduce equivalents x 2(t-1)/t x 2h bytes per token per layer, 4 layers here, half the tokens
+    expected = 2 * (2 * 2 * 3 / 4 * 2 * 1000) * 4 * 500 / 400e9
+    assert tp_comm_seconds(m, CL, lay, 1000, 2) == pytest.approx(expected)
+    assert tp_comm_seconds(m, CL, TrainLayout(tp=1, pp=2, dp=8), 1000, 2) == 0.0
+
+
+def test_bubble_shrinks_with_microbatches_and_interleaving():
+    assert bubble_fraction(TrainLayout(tp=1, pp=4, dp=1), 12) == pytest.approx(3 / 12)
+    assert bubble_fraction(TrainLayout(tp=1, pp=4, dp=1, vpp=2), 12) == pytest.approx(3 / 24)
+
+
+def test_workload_needs_a_group_size_and_rejects_unknown_keys():
+    base = dict(prompts_per_step=4, prompt_len=8, response_mean=16, response_sigma=0.5,
+                response_max=64)
+    with pytest.raises(ValueError, match="group"):
+        workload_from_dict(base)
+    with pytest.raises(ValueError, match="unknown keys"):
+        workload_from_dict({**base, "mean_group_size": 4, "prompts": 3})
+    w = workload_from_dict({**base, "group_size_beta": {"alpha": 2, "beta": 3}})
+    assert w.group_size_beta.n_max == 64 and w.max_seq == 72
+
+
+def test_sgpo_example_plans_with_profiling_cost():
+    from megatron_sgpo.cluster import Planner
+    inputs = load_inputs(ROOT / "examples/configs/llama-3.3-70b-config.json",
+                         ROOT / "examples/clusters/h100-8x8-sgpo-70b.yaml")
+    pl = Planner(inputs)
+    assert 256 * 2 < pl.n_seqs < 256 * 64  # Beta(2,3) group sizes sit between the clamps
+    best = pl.plan().feasible[0]
+    assert best.time.profile > 0 and best.time.total > best.time.rollout
