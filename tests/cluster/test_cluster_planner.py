@@ -1,6 +1,5 @@
 """Planner: divisibility and memory rejections with their numbers, ranking, the NeMo-RL 70B layout."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,10 +88,9 @@ def test_70b_cannot_train_unsharded(llama70b):
 
 
 def test_cli_json_reports_top_layouts_and_checks(capsys):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import plan_cluster
+    from megatron_sgpo.cli import main
 
-    rc = plan_cluster.main(["--model-config", str(LLAMA70B), "--cluster", str(H100_8X8), "--json",
+    rc = main(["plan", "--model-config", str(LLAMA70B), "--cluster", str(H100_8X8), "--json",
                             "--top", "3", "--check", "colocated,tp=4,pp=4,engine_tp=8"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)

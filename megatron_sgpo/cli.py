@@ -1,0 +1,59 @@
+"""``sgpo`` command line: train, profile, serve, plan.
+
+``sgpo train --config FILE key.sub=value ...`` runs the RL loop (under torchrun for several ranks,
+or as one process). ``sgpo quickstart`` is ``sgpo train`` with examples/quickstart.yaml's settings
+built in, for a first run on a CPU machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+QUICKSTART = os.path.join(os.path.dirname(__file__), "assets", "quickstart.yaml")
+
+
+def _train(args) -> int:
+    from megatron_sgpo.config import load_config
+
+    overrides = list(args.overrides)
+    if args.command == "profile":
+        overrides += ["train.steps=0", "data.eval_size=0"]
+    cfg = load_config(args.config, overrides)  # validated before any process group or model exists
+    if args.command == "profile" and cfg.run.mode != "sgpo":
+        raise ValueError(f"sgpo profile needs run.mode=sgpo, got {cfg.run.mode}")
+    from megatron_sgpo.trainer import Trainer
+
+    Trainer(cfg).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        from megatron_sgpo.rollout.server import serve_main
+
+        return serve_main(argv[1:])
+    if argv and argv[0] == "plan":
+        from megatron_sgpo.cluster.cli import plan_main
+
+        return plan_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="sgpo", description="sGPO / GRPO RL post-training on megatron-core")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [("train", "run the RL loop"), ("profile", "run only the sGPO profiling pass"),
+                            ("quickstart", "profile + sGPO training of the bundled policy on CPU")]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=QUICKSTART if name == "quickstart" else None, help="YAML run config")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10 run.mode=grpo")
+    sub.add_parser("serve", help="serve an HF checkpoint with SGLang's HTTP protocol (sgpo serve --help)")
+    sub.add_parser("plan", help="rank cluster layouts for a model (sgpo plan --help)")
+    args = parser.parse_args(argv)
+    try:
+        return _train(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # config and data errors: one clear line
+        print(f"sgpo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The sGPO / GRPO / DAPO training loop (``sgpo train``).
+
+profile → plan → for each step: rollout (per-prompt n) → rewards → advantages → selection →
+DP-aware batches → megatron update → weight sync → ledger, logs, evaluation, checkpoint.
+Rollouts run on global rank 0 (where the engine lives) and their results are broadcast; every rank
+then derives the same batch plan and trains its share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch.distributed as dist
+from tqdm import tqdm
+
+from megatron_sgpo import run_state
+from megatron_sgpo.algo import advantage, ledger as ledger_mod, select
+from megatron_sgpo.algo.plan import Plan, fixed_plan, make_plan
+from megatron_sgpo.algo.posterior import PosteriorTracker
+from megatron_sgpo.algo.profile import PromptProfile
+from megatron_sgpo.batch import CostModel, ParallelLayout
+from megatron_sgpo.config import RunConfig, save_config
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.profiling import evaluate, run_profiling, sampling
+from megatron_sgpo.setup_run import RunParts, build_parts
+from megatron_sgpo.train.policy import NonFiniteLossError
+from megatron_sgpo.train.update import StepSamples, update
+from megatron_sgpo.weights.reshard import sync_weights
+
+MAX_BAD_STEPS = 3
+
+
+def _broadcast(obj):
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = cfg.run.output_dir
+        self.parts: RunParts = build_parts(cfg, init_parallel)
+        self.rank = dist.get_rank()
+        self.ledger = ledger_mod.ComputeLedger()
+        self.step = 0
+        self.bad_steps = 0
+        self.plan: Plan | None = None
+        self.tracker: PosteriorTracker | None = None
+        self.writer = None
+        if self.rank == 0:
+            os.makedirs(self.out, exist_ok=True)
+            save_config(cfg, os.path.join(self.out, "config.yaml"))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(self.out, "tb"))
+
+    # ------------------------------------------------------------------ plan
+    def _make_plan(self) -> None:
+        cfg, parts = self.cfg, self.parts
+        ids = [it.id for it in parts.items]
+        if cfg.run.mode == "sgpo":
+            profiles = None
+            if self.rank == 0:
+                profiles, cost = run_profiling(parts, cfg, self.out)
+                self.ledger.add("profiling", cost[0], cost[1])
+            profiles = _broadcast(profiles)
+            self.plan = make_plan(profiles, cfg.plan, cfg.run.seed)
+            if cfg.online.online:
+                self.tracker = PosteriorTracker.from_profiles(profiles, cfg.plan, cfg.online)
+        else:
+            self.plan = fixed_plan(ids, cfg.train.grpo_n, cfg.run.seed)
+
+    def _steps(self):
+        return list(self.plan.schedule(self.cfg.train.prompts_per_step, self.cfg.train.epochs))[: self.cfg.train.steps]
+
+    # ------------------------------------------------------------------ one step
+    def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
+        cfg, parts = self.cfg, self.parts
+        items = [parts.by_id[pid] for pid, _ in step_entries]
+        ns = [self.tracker.group_size(pid) if self.tracker and pid in self.tracker else n for pid, n in step_entries]
+        groups = parts.runner.run(items, ns, sampling(cfg, seed=cfg.run.seed * 100003 + self.step))
+        tokens, flops = parts.runner.cost(groups)
+        self.ledger.add("rollout", tokens, flops)
+        seqs, plens, gids, rewards = [], [], [], []
+        for g, group in enumerate(groups):
+            if self.tracker:
+                self.tracker.update(group.item.id, group.rewards)
+            for c, r in zip(group.completions, group.rewards):
+                seqs.append(group.prompt_ids + list(c.token_ids))
+                plens.append(len(group.prompt_ids))
+                gids.append(g)
+                rewards.append(r)
+        rewards_a, gids_a = np.array(rewards), np.array(gids)
+        adv = advantage.group_advantages(rewards_a, gids_a)
+        stats = {"reward_mean": float(rewards_a.mean()), "accuracy": float((rewards_a >= 1.0).mean()),
+                 "samples": len(seqs), "group_sizes": ns}
+        for level in sorted({g.item.meta.get("level") for g in groups} - {None}):
+            lv = [r for g in groups if g.item.meta.get("level") == level for r in g.rewards]
+            stats[f"pass_rate/level{level}"] = float(np.mean([r >= 1.0 for r in lv]))
+        keep = np.arange(len(seqs))
+        weights = np.ones(len(seqs))
+        if cfg.run.mode == "dapo" or cfg.train.selection == "zero_variance":
+            keep = np.flatnonzero(select.zero_variance_filter(rewards_a, gids_a).keep)
+        if cfg.train.selection == "cost_aware":
+            costs = select.sequence_costs(plens, [len(s) - p for s, p in zip(seqs, plens)])
+            draws = cfg.train.cost_aware_draws or len(seqs)
+            pick = select.cost_aware_sample(adv, costs, draws, np.random.default_rng([cfg.run.seed, self.step]),
+                                            cfg.train.cost_aware_mix)
+            keep, weights = pick.indices, pick.weights
+        stats["trained_samples"] = int(len(keep))
+        if len(keep) == 0:
+            return None, stats
+        samples = StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep],
+                              np.asarray(weights if cfg.train.selection == "cost_aware" else weights[keep]))
+        return samples, stats
+
+    def _account_training(self, samples: StepSamples) -> None:
+        dims = self.parts.dims
+        lens = [len(s) for s in samples.sequences]
+        self.ledger.add("logprob", sum(lens), sum(ledger_mod.logprob_flops(dims, n) for n in lens))
+        self.ledger.add("training", sum(lens), sum(ledger_mod.training_flops(dims, n) for n in lens))
+
+    def train_one(self, step_entries) -> dict:
+        cfg, parts = self.cfg, self.parts
+        self.ledger.start_step(self.step)
+        t0 = time.time()
+        payload = self._rollout(step_entries) if self.rank == 0 else None
+        samples, stats = _broadcast(payload)
+        t1 = time.time()
+        if samples is not None:
+            layout = ParallelLayout(dp=parts.dp, pp=cfg.model.parallel.pp, vpp=cfg.model.parallel.vpp,
+                                    tp=cfg.model.parallel.tp, sequence_parallel=cfg.model.parallel.sequence_parallel)
+            try:
+                metrics = update(parts.policy, samples, cfg.loss, layout, parts.dp_rank,
+                                 cfg.train.max_tokens_per_micro_batch, parts.cost, cfg.rollout.temperature)
+                stats.update({f"train/{k}": v for k, v in metrics.items()})
+                self.bad_steps = 0
+            except NonFiniteLossError as exc:
+                self.bad_steps += 1
+                stats["skipped"] = str(exc)
+                if self.rank == 0:
+                    tqdm.write(f"step {self.step}: {exc} ({self.bad_steps} in a row)")
+                if self.bad_steps >= MAX_BAD_STEPS:
+                    raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps had a NaN/inf loss; last checkpoint kept "
+                                       f"in {self.out}/checkpoints") from exc
+            if self.rank == 0:
+                self._account_training(samples)
+        t2 = time.time()
+        sync_weights(parts.policy.modules(), parts.mapping, parts.engine, version=self.step + 1,
+                     bucket_bytes=cfg.rollout.bucket_mb * 2**20)
+        stats.update({"time/rollout": t1 - t0, "time/train": t2 - t1, "time/sync": time.time() - t2})
+        self.step += 1
+        return stats
+
+    # ------------------------------------------------------------------ logging / state
+    def _log(self, stats: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in stats.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, self.step)
+        if stats.get("group_sizes"):
+            self.writer.add_histogram("group_size", np.array(stats["group_sizes"]), self.step)
+        for phase, tot in self.ledger.phase_totals().items():
+            self.writer.add_scalar(f"compute/{phase}_flops", tot["flops"], self.step)
+            self.writer.add_scalar(f"compute/{phase}_tokens", tot["tokens"], self.step)
+        self.writer.add_scalar("compute/total_flops", self.ledger.total_flops, self.step)
+
+    def _state(self) -> dict:
+        return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(),
+                "posteriors": self.tracker.to_dict() if self.tracker else None, "bad_steps": self.bad_steps,
+                "evals": self.evals}
+
+    def _resume(self) -> bool:
+        path = run_state.latest(self.out)
+        if path is None:
+            return False
+        state = run_state.load(path, self.parts.policy)
+        self.step, self.bad_steps, self.evals = state["step"], state["bad_steps"], state["evals"]
+        self.plan = Plan.from_dict(state["plan"])
+        self.ledger = ledger_mod.ComputeLedger.from_dict(state["ledger"])
+        if state["posteriors"]:
+            self.tracker = PosteriorTracker.from_dict(state["posteriors"])
+        sync_weights(self.parts.policy.modules(), self.parts.mapping, self.parts.engine, version=self.step,
+                     bucket_bytes=self.cfg.rollout.bucket_mb * 2**20)
+        if self.rank == 0:
+            tqdm.write(f"resumed from {path} at step {self.step}")
+        return True
+
+    def _evaluate(self, tag: str) -> None:
+        if self.parts.eval_items:
+            result = evaluate(self.parts, self.cfg) if self.rank == 0 else None
+            result = _broadcast(result)
+            self.evals.append({"step": self.step, "tag": tag, **result})
+            if self.writer:
+                for key, value in result.items():
+                    self.writer.add_scalar(f"eval/{key}", value, self.step)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.evals: list[dict] = []
+        if not self._resume():
+            self._make_plan()
+            self._evaluate("before")
+        steps = self._steps()
+        bar = tqdm(total=len(steps), initial=self.step, desc=cfg.run.mode, disable=self.rank != 0)
+        while self.step < len(steps):
+            stats = self.train_one(steps[self.step])
+            self._log(stats)
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward_mean']:.2f}", n=stats["samples"])
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < len(steps):
+                self._evaluate("periodic")
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                run_state.save(self.out, self.step, self.parts.policy, self._state())
+        bar.close()
+        self._evaluate("after")
+        return self._finish(len(steps))
+
+    def _finish(self, num_steps: int) -> dict:
+        summary = {"mode": self.cfg.run.mode, "steps": num_steps, "plan_counts": vars(self.plan.counts),
+                   "compute": self.ledger.phase_totals(), "total_flops": self.ledger.total_flops,
+                   "evals": self.evals}
+        if self.rank == 0:
+            run_state.write_json_atomic(os.path.join(self.out, "summary.json"), summary)
+            self.writer.close()
+            print(json.dumps({"accuracy": [(e["tag"], e["step"], round(e["accuracy"], 3)) for e in self.evals],
+                              "flops_by_phase": {k: f"{v['flops']:.3g}" for k, v in summary["compute"].items()}},
+                             indent=1))
+        return summary

@@ -1,0 +1,83 @@
+"""Impossible layouts and bad run configs fail at start, with errors that name the numbers or keys."""
+import pytest
+
+from megatron_sgpo.config import load_config
+from megatron_sgpo.platform.dist import ParallelSizes
+from megatron_sgpo.train.model import ModelOptions, padded_vocab_size, transformer_config, validate_layout
+
+CFG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 6,
+       "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1000}
+
+
+@pytest.mark.parametrize("sizes, world, message", [
+    (ParallelSizes(tp=4), 4, r"num_attention_heads=6 is not divisible by tensor parallel size tp=4"),
+    (ParallelSizes(tp=3), 3, r"num_key_value_heads=2 is not divisible by tensor parallel size tp=3"),
+    (ParallelSizes(pp=4), 4, r"num_hidden_layers=6 is not divisible by pp\*vpp=4\*1=4"),
+    (ParallelSizes(pp=2, vpp=2), 4, r"num_hidden_layers=6 is not divisible by pp\*vpp=2\*2=4"),
+    (ParallelSizes(tp=2), 3, r"world size 3 is not divisible by tp\*pp\*cp = 2\*1\*1 = 2"),
+])
+def test_impossible_layouts_name_the_numbers(sizes, world, message):
+    with pytest.raises(ValueError, match=message):
+        validate_layout(CFG, sizes, world)
+
+
+def test_valid_layout_passes_and_gives_dp():
+    validate_layout(CFG, ParallelSizes(tp=2, pp=3), 12)
+    assert ParallelSizes(tp=2, pp=3).data_parallel_size(12) == 2
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match=r"unsupported architectures \['GPT2LMHeadModel'\]"):
+        validate_layout(dict(CFG, architectures=["GPT2LMHeadModel"]), ParallelSizes(), 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"vpp": 2}, r"vpp=2 needs pp >= 2"),
+    ({"tp": 1, "sequence_parallel": True}, r"sequence_parallel=True needs tp > 1"),
+    ({"tp": 0}, r"tp=0 must be >= 1"),
+])
+def test_parallel_sizes_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ParallelSizes(**kwargs)
+
+
+def test_vocab_padding_multiple_of_divisor_times_tp():
+    assert padded_vocab_size(1000, 128, 1) == 1024
+    assert padded_vocab_size(1000, 128, 2) == 1024
+    assert padded_vocab_size(1000, 128, 3) == 1152
+    assert padded_vocab_size(1024, 128, 4) == 1024
+
+
+def test_fp8_without_transformer_engine_is_refused():
+    with pytest.raises(ValueError, match=r"fp8='e4m3' needs Transformer Engine and a CUDA GPU"):
+        transformer_config(CFG, ParallelSizes(), ModelOptions(fp8="e4m3"))
+    with pytest.raises(ValueError, match=r"fp8_recipe must be one of"):
+        ModelOptions(fp8="e4m3", fp8_recipe="fast")
+
+
+def test_unsupported_rope_scaling_is_refused():
+    from megatron_sgpo.train.model import _rope_kwargs
+
+    with pytest.raises(ValueError, match=r"rope_scaling type 'yarn' is not supported"):
+        _rope_kwargs(dict(CFG, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    assert _rope_kwargs(dict(CFG, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5})) == {
+        "rotary_base": 5e5, "seq_len_interpolation_factor": 2.0}
+
+
+def test_run_config_unknown_key_names_dotted_path(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): train.stepz"):
+        load_config(str(path))
+
+
+def test_run_config_overrides_and_section_validation():
+    cfg = load_config(None, ["train.steps=3", "plan.n_max=16", "model.parallel.tp=2", "rollout.stop=[x, y]"])
+    assert cfg.train.steps == 3 and cfg.plan.n_max == 16 and cfg.model.parallel.tp == 2
+    assert cfg.rollout.stop == ("x", "y")
+    with pytest.raises(ValueError, match=r"invalid config section plan: n_min must be <= n_max"):
+        load_config(None, ["plan.n_min=8", "plan.n_max=4"])
+    with pytest.raises(ValueError, match=r"run.mode must be one of"):
+        load_config(None, ["run.mode=ppo"])
+    with pytest.raises(ValueError, match=r"must look like key.sub=value"):
+        load_config(None, ["train.steps"])
