@@ -74,7 +74,12 @@ class Trainer:
             self.plan = fixed_plan(ids, cfg.train.grpo_n, cfg.run.seed)
 
     def _steps(self):
-        return list(self.plan.schedule(self.cfg.train.prompts_per_step, self.cfg.train.epochs))[: self.cfg.train.steps]
+        t = self.cfg.train
+        steps = list(self.plan.schedule(t.prompts_per_step, t.epochs))
+        if len(steps) < t.steps and self.rank == 0:
+            tqdm.write(f"the plan holds {len(self.plan.entries)} prompts = {len(steps)} steps of {t.prompts_per_step} "
+                       f"over {t.epochs} epoch(s); train.steps={t.steps} is capped there")
+        return steps[: t.steps]
 
     # ------------------------------------------------------------------ one step
     def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
@@ -96,7 +101,7 @@ class Trainer:
         rewards_a, gids_a = np.array(rewards), np.array(gids)
         adv = advantage.group_advantages(rewards_a, gids_a)
         stats = {"reward_mean": float(rewards_a.mean()), "accuracy": float((rewards_a >= 1.0).mean()),
-                 "samples": len(seqs), "group_sizes": ns}
+                 "samples": len(seqs), "group_sizes": ns, "prompts": [g.item.id for g in groups]}
         for level in sorted({g.item.meta.get("level") for g in groups} - {None}):
             lv = [r for g in groups if g.item.meta.get("level") == level for r in g.rewards]
             stats[f"pass_rate/level{level}"] = float(np.mean([r >= 1.0 for r in lv]))
@@ -157,8 +162,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging / state
     def _log(self, stats: dict) -> None:
+        """TensorBoard scalars, and one JSON line per step in steps.jsonl (what ran, for audits and tests)."""
         if self.writer is None:
             return
+        with open(os.path.join(self.out, "steps.jsonl"), "a") as f:
+            f.write(json.dumps({"step": self.step, **stats}) + "\n")
         for key, value in stats.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, self.step)
