@@ -7,8 +7,8 @@ FROM nvcr.io/nvidia/pytorch:25.09-py3
 RUN pip list --format=freeze | grep -iE '^(torch|transformer[-_]engine|apex|flash[-_]attn)==' > /opt/ngc-pins.txt
 
 # SGLang serves the profiling pass and the rollouts; megatron-core trains the policy.
-ARG SGLANG_VERSION=0.5.5
-ARG MCORE_VERSION=0.14.0
+ARG SGLANG_VERSION=0.5.23
+ARG MCORE_VERSION=0.16.1
 RUN pip install --no-cache-dir -c /opt/ngc-pins.txt "sglang[srt]==${SGLANG_VERSION}" "megatron-core==${MCORE_VERSION}"
 
 WORKDIR /opt/megatron-sgpo

@@ -202,7 +202,7 @@ class Trainer:
         if self.parts.eval_items:
             result = evaluate(self.parts, self.cfg) if self.rank == 0 else None
             result = _broadcast(result)
-            self.evals.append({"step": self.step, "tag": tag, **result})
+            self.evals.append({"step": self.step, "tag": tag, "total_flops": self.ledger.total_flops, **result})
             if self.writer:
                 for key, value in result.items():
                     self.writer.add_scalar(f"eval/{key}", value, self.step)

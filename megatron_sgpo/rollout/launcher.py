@@ -1,0 +1,151 @@
+"""Start an inference server process, wait for it to be healthy, and keep its last words.
+
+One launcher serves `python -m sglang.launch_server` (GPU) and `sgpo serve` (CPU tests):
+both speak the same HTTP API, and when either dies the error shows its last log lines
+instead of a bare "connection refused".
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional, Sequence
+
+import requests
+
+from .engine import EngineError
+
+
+class ServerLaunchError(EngineError):
+    """The server process exited or never became healthy."""
+
+
+class SGLangLauncher:
+    """Owns one server process: argv, log ring buffer (+ optional log file), health wait, stop."""
+
+    def __init__(self, argv: Sequence[str], url: str, log_path: Optional[str] = None,
+                 env: Optional[dict] = None, ring_lines: int = 400):
+        self.argv = list(argv)
+        self.url = url.rstrip("/")
+        self.log_path = log_path
+        self.env = env
+        self._ring: collections.deque[str] = collections.deque(maxlen=ring_lines)
+        self._proc: Optional[subprocess.Popen] = None
+        self._reader: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------------------ command lines
+    @classmethod
+    def sglang(cls, model_path: str, port: int, host: str = "127.0.0.1", tp_size: int = 1,
+               mem_fraction_static: Optional[float] = None, enable_memory_saver: bool = False,
+               weight_version: Optional[int] = None, extra_args: Sequence[str] = (),
+               python: str = sys.executable, **kw) -> "SGLangLauncher":
+        """`python -m sglang.launch_server` with sglang 0.5.23's flag names."""
+        argv = [python, "-m", "sglang.launch_server", "--model-path", model_path, "--tp-size", str(tp_size),
+                "--host", host, "--port", str(port)]
+        if mem_fraction_static is not None:
+            argv += ["--mem-fraction-static", str(mem_fraction_static)]
+        if enable_memory_saver:
+            argv.append("--enable-memory-saver")
+        if weight_version is not None:
+            argv += ["--weight-version", str(weight_version)]
+        return cls(argv + list(extra_args), f"http://{host}:{port}", **kw)
+
+    @classmethod
+    def sgpo(cls, model_path: str, port: int, host: str = "127.0.0.1", extra_args: Sequence[str] = (),
+             python: str = sys.executable, **kw) -> "SGLangLauncher":
+        """Our own `sgpo serve` (the LocalEngine behind the same HTTP API)."""
+        argv = [python, "-m", "megatron_sgpo.rollout.server", "--model", model_path, "--host", host,
+                "--port", str(port)]
+        return cls(argv + list(extra_args), f"http://{host}:{port}", **kw)
+
+    # ------------------------------------------------------------------ process
+    def start(self, wait: bool = True, timeout_s: float = 300.0) -> "SGLangLauncher":
+        if self._proc is not None:
+            raise ServerLaunchError(f"server for {self.url} already started")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True, text=True, errors="replace", bufsize=1)
+        self._reader = threading.Thread(target=self._pump, daemon=True, name=f"log {self.url}")
+        self._reader.start()
+        if wait:
+            self.wait_healthy(timeout_s)
+        return self
+
+    def _pump(self) -> None:
+        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+        try:
+            for line in self._proc.stdout:
+                self._ring.append(line.rstrip("\n"))
+                if log:
+                    log.write(line)
+                    log.flush()
+        finally:
+            if log:
+                log.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._proc.poll() if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def last_lines(self, n: int = 30) -> str:
+        if self._reader is not None and not self.alive():
+            self._reader.join(timeout=2.0)  # let the pipe drain once the process is gone
+        return "\n".join(list(self._ring)[-n:])
+
+    def describe(self, n: int = 30) -> str:
+        """A sentence about the server's state plus its last log lines, for error messages."""
+        state = "running" if self.alive() else f"exited with code {self.returncode}"
+        where = f" (full log: {self.log_path})" if self.log_path else ""
+        return f"server {self.url} (pid {self.pid}) {state}; last log lines{where}:\n{self.last_lines(n)}"
+
+    def wait_healthy(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerLaunchError(f"server process died before becoming healthy: {self.describe()}")
+            try:
+                if requests.get(self.url + "/health", timeout=2.0).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(poll_s)
+        raise ServerLaunchError(f"server not healthy after {timeout_s:.0f} s: {self.describe()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (tests use it to simulate a crash)."""
+        if self.alive():
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after timeout_s; only the process group this launcher created."""
+        if self._proc is None:
+            return
+        if self.alive():
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+
+    def __enter__(self):
+        return self if self._proc else self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

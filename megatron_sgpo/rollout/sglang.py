@@ -1,0 +1,296 @@
+"""RolloutEngine over SGLang's HTTP API (a real SGLang server or `sgpo serve`).
+
+Per-prompt n: SGLang allows only one `n` per /generate request, so each prompt goes out as
+its own request carrying its own n; a thread pool bounds how many are in flight. The server
+batches them internally (continuous batching), so nothing is lost by not expanding.
+With a seed, SGLang's seeded sampler keys its noise on (sampling_seed, position) only, so
+the n samples of one request would be identical: seeded requests are therefore expanded to
+n requests of n=1, each with its own derived seed.
+Failures come back as EngineError naming the server URL and endpoint, plus the launcher's
+last log lines when the client owns one.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Optional
+
+import requests
+import torch
+from requests.adapters import HTTPAdapter
+
+from .engine import (Completion, EngineError, NamedTensors, RolloutEngine, SamplingParams, check_generate_args,
+                     sample_seed)
+from .launcher import SGLangLauncher, ServerLaunchError  # noqa: F401  (re-exported)
+from .pgroup import destroy_weight_group, dtype_name, init_weight_group
+from .protocol import parse_completion, to_sglang_sampling
+from .serial import serialize_named_tensors
+
+_RETRY_STATUS = {502, 503, 504}
+
+
+def buckets(named_tensors: NamedTensors, bucket_bytes: int) -> Iterable[list[tuple[str, torch.Tensor]]]:
+    """Group tensors into lists of about bucket_bytes (a bigger tensor gets a bucket of its own)."""
+    bucket, size = [], 0
+    for name, t in named_tensors:
+        nbytes = t.numel() * t.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+class SGLangClient(RolloutEngine):
+    """HTTP client with pooled connections, bounded concurrency, timeouts and retry with backoff."""
+
+    def __init__(self, url: str, launcher: Optional[SGLangLauncher] = None, max_concurrency: int = 32,
+                 timeout_s: float = 600.0, connect_timeout_s: float = 5.0, max_retries: int = 3,
+                 backoff_s: float = 0.5, tp_size: int = 1, weight_sync: str = "tensor",
+                 bucket_bytes: int = 512 << 20):
+        if weight_sync not in ("tensor", "distributed"):
+            raise ValueError(f"weight_sync must be 'tensor' or 'distributed', got {weight_sync!r}")
+        self.url = url.rstrip("/")
+        self.launcher = launcher
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.tp_size, self.weight_sync, self.bucket_bytes = tp_size, weight_sync, bucket_bytes
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_concurrency + 4, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="sglang-client")
+        self._inflight: set[str] = set()
+        self._inflight_lock = threading.Lock()
+        self._version: Optional[int] = None
+        self._group = None
+        self._closed = False
+        self.attempts = 0  # HTTP attempts made, retries included (observable in tests and logs)
+
+    # ------------------------------------------------------------------ transport
+    def _context(self) -> str:
+        return f"\n{self.launcher.describe()}" if self.launcher is not None else ""
+
+    def _dead_server_error(self, where: str, err: Exception) -> Optional[EngineError]:
+        if self.launcher is None:
+            return None
+        for _ in range(20):  # a reset connection can arrive a moment before the exit is visible
+            if not self.launcher.alive():
+                return EngineError(f"{where}: server {self.url} died during the request ({err.__class__.__name__})."
+                                   f"{self._context()}")
+            time.sleep(0.05)
+        return None
+
+    def request(self, method: str, path: str, body: Any = None, timeout_s: Optional[float] = None,
+                retry: bool = True, on_timeout: Optional[Callable[[], None]] = None) -> Any:
+        """One API call; retries connection errors, timeouts and 502/503/504 with exponential backoff.
+
+        `on_timeout` runs after a read timeout, before the retry (the generate path uses it to
+        abort the abandoned request on the server and give the retry a fresh rid).
+        """
+        where = f"{method} {self.url}{path}"
+        tries = 1 + (self.max_retries if retry else 0)
+        last: Optional[Exception] = None
+        for attempt in range(tries):
+            with self._inflight_lock:
+                self.attempts += 1
+            try:
+                r = self.session.request(method, self.url + path, json=body,
+                                         timeout=(self.connect_timeout_s, timeout_s or self.timeout_s))
+            except (requests.ConnectionError, requests.Timeout) as e:
+                dead = self._dead_server_error(where, e)
+                if dead is not None:
+                    raise dead from e
+                last = e
+                if isinstance(e, requests.ReadTimeout) and on_timeout is not None and attempt + 1 < tries:
+                    on_timeout()
+            else:
+                if r.status_code < 400:
+                    return self._decode(r, where)
+                msg = self._error_message(r)
+                if r.status_code not in _RETRY_STATUS:
+                    raise EngineError(f"{where} -> HTTP {r.status_code}: {msg}")
+                last = EngineError(f"HTTP {r.status_code}: {msg}")
+            if attempt + 1 < tries:
+                time.sleep(self.backoff_s * (2 ** attempt))
+        raise EngineError(f"{where} failed after {tries} attempt(s): {type(last).__name__}: {last}{self._context()}")
+
+    @staticmethod
+    def _decode(r: requests.Response, where: str) -> Any:
+        if not r.content or not r.headers.get("Content-Type", "").startswith("application/json"):
+            return r.text
+        try:
+            return r.json()
+        except ValueError as e:
+            raise EngineError(f"{where}: response is not valid JSON: {r.text[:200]!r}") from e
+
+    @staticmethod
+    def _error_message(r: requests.Response) -> str:
+        try:
+            err = r.json()
+        except ValueError:
+            return r.text[:500]
+        if isinstance(err, dict):
+            inner = err.get("error")
+            return str((inner.get("message") if isinstance(inner, dict) else inner) or err.get("message") or err)
+        return str(err)[:500]
+
+    # ------------------------------------------------------------------ generation
+    def _generate_one(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
+        body = {"input_ids": list(prompt), "sampling_params": to_sglang_sampling(params, n),
+                "return_logprob": True, "rid": f"sgpo-{uuid.uuid4().hex}"}
+        with self._inflight_lock:
+            self._inflight.add(body["rid"])
+
+        def abandon():  # the timed-out attempt may still run on the server: abort it, retry under a new rid
+            self._abort_rid(body["rid"])
+            with self._inflight_lock:
+                self._inflight.discard(body["rid"])
+                body["rid"] = f"sgpo-{uuid.uuid4().hex}"
+                self._inflight.add(body["rid"])
+
+        try:
+            out = self.request("POST", "/generate", body, on_timeout=abandon)
+        finally:
+            with self._inflight_lock:
+                self._inflight.discard(body["rid"])
+        where = f"POST {self.url}/generate (prompt {index})"
+        items = [out] if isinstance(out, dict) else out
+        if not isinstance(items, list) or len(items) != n:
+            got = len(items) if isinstance(items, list) else type(out).__name__
+            raise EngineError(f"{where}: expected {n} completion(s), got {got}")
+        return [parse_completion(x, index, where) for x in items]
+
+    def generate(self, prompts, n_per_prompt, params: SamplingParams) -> list[list[Completion]]:
+        check_generate_args(prompts, n_per_prompt)
+        if self._closed:
+            raise EngineError(f"SGLangClient for {self.url} is closed")
+        futures: list[list[Future]] = []
+        for i, (p, n) in enumerate(zip(prompts, n_per_prompt)):
+            if params.seed is None:
+                futures.append([self._pool.submit(self._generate_one, p, int(n), params, i)] if int(n) > 0 else [])
+            else:
+                futures.append([self._pool.submit(self._generate_one, p, 1,
+                                                  replace(params, seed=sample_seed(params.seed, i, j)), i)
+                                for j in range(int(n))])
+        results = []
+        try:
+            for fs in futures:
+                results.append([c for f in fs for c in f.result()])
+        except BaseException:
+            for fs in futures:
+                for f in fs:
+                    f.cancel()
+            raise
+        return results
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
+        """Bucketed sync through the configured transport (tensor handles or NCCL/gloo broadcast)."""
+        send = self.update_weights_from_tensor if self.weight_sync == "tensor" else self.update_weights_from_distributed
+        for bucket in buckets(named_tensors, self.bucket_bytes):
+            send(bucket, version)
+        self._version = int(version)
+
+    def update_weights_from_tensor(self, named_tensors: NamedTensors, version: int) -> None:
+        items = [(n, t.detach().contiguous()) for n, t in named_tensors]  # kept alive until the reply
+        payload = serialize_named_tensors(items)
+        self.request("POST", "/update_weights_from_tensor",
+                     {"serialized_named_tensors": [payload] * self.tp_size, "weight_version": str(int(version)),
+                      "flush_cache": True}, retry=False)
+        del items
+        self._version = int(version)
+
+    def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
+                                  backend: str = "nccl", group_name: str = "weight_update_group",
+                                  rank_offset: int = 1, timeout_s: float = 120.0) -> None:
+        """Create the trainer(rank 0) ↔ engine group; the server joins while this call waits."""
+        body = {"master_address": master_address, "master_port": int(master_port), "rank_offset": rank_offset,
+                "world_size": world_size, "group_name": group_name, "backend": backend}
+        fut = self._pool.submit(self.request, "POST", "/init_weights_update_group", body, timeout_s, False)
+        self._group = (init_weight_group(backend, master_address, master_port, world_size, 0, group_name, timeout_s),
+                       group_name, backend)
+        fut.result()
+
+    def update_weights_from_distributed(self, named_tensors: NamedTensors, version: int) -> None:
+        if self._group is None:
+            raise EngineError("update_weights_from_distributed: call init_weights_update_group first")
+        pg, group_name, backend = self._group
+        dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        items = [(n, t.detach().to(dev).contiguous()) for n, t in named_tensors]
+        body = {"names": [n for n, _ in items], "dtypes": [dtype_name(t.dtype) for _, t in items],
+                "shapes": [list(t.shape) for _, t in items], "group_name": group_name,
+                "weight_version": str(int(version)), "flush_cache": True}
+        fut = self._pool.submit(self.request, "POST", "/update_weights_from_distributed", body, None, False)
+        works = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for _, t in items]
+        while not all(w.is_completed() for w in works):
+            if fut.done() and fut.exception() is not None:  # the server refused: don't wait on a broadcast
+                raise fut.exception()
+            time.sleep(0.002)
+        fut.result()
+        self._version = int(version)
+
+    def update_weights_from_disk(self, model_path: str, version: Optional[int] = None) -> None:
+        body: dict[str, Any] = {"model_path": model_path}
+        if version is not None:
+            body["weight_version"] = str(int(version))
+        self.request("POST", "/update_weights_from_disk", body, retry=False)
+        self._version = None if version is None else int(version)
+
+    @property
+    def weight_version(self) -> int:
+        info = self.request("GET", "/model_info")
+        if not isinstance(info, dict) or "weight_version" not in info:
+            raise EngineError(f"GET {self.url}/model_info: response has no 'weight_version'")
+        try:
+            return int(info["weight_version"])
+        except (TypeError, ValueError):
+            raise EngineError(f"GET {self.url}/model_info: weight_version {info['weight_version']!r} is not an "
+                              f"integer (start SGLang with --weight-version 0)")
+
+    # ------------------------------------------------------------------ lifecycle
+    def release_memory(self) -> None:
+        self.request("POST", "/release_memory_occupation", {})
+
+    def resume_memory(self) -> None:
+        self.request("POST", "/resume_memory_occupation", {})
+
+    def abort(self) -> None:
+        """Abort everything on the server (abort_all), including other clients' requests."""
+        self.request("POST", "/abort_request", {"rid": "", "abort_all": True}, retry=False)
+
+    def abort_inflight(self) -> int:
+        """Abort only this client's in-flight requests, by rid; returns how many were sent."""
+        with self._inflight_lock:
+            rids = list(self._inflight)
+        for rid in rids:
+            self._abort_rid(rid)
+        return len(rids)
+
+    def _abort_rid(self, rid: str) -> None:
+        try:  # best effort and uncounted: the server may be gone or the request already finished
+            self.session.post(self.url + "/abort_request", json={"rid": rid}, timeout=(self.connect_timeout_s, 5.0))
+        except requests.RequestException:
+            pass
+
+    def health(self) -> bool:
+        try:
+            return self.session.get(self.url + "/health", timeout=(self.connect_timeout_s, 10.0)).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.abort_inflight()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._group is not None:
+            destroy_weight_group(self._group[0])
+            self._group = None
+        self.session.close()
