@@ -147,11 +147,30 @@ def _build(cls, data, path: str):
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
             kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(hint, value, dotted)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid config section {path or '<root>'}: {exc}") from None
+
+
+def _coerce(hint, value, dotted: str):
+    """YAML reads ``3e-4`` as a string and ``1`` as an int: convert to the field's scalar type."""
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None or type(value) in allowed or not isinstance(value, (str, int, float)):
+        return value
+    for kind in (int, float):
+        if kind in allowed and not isinstance(value, bool):
+            try:
+                converted = kind(value)
+            except ValueError:
+                continue
+            if kind is int and isinstance(value, float) and converted != value:
+                continue
+            return converted
+    if str in allowed:
+        return str(value)
+    raise ValueError(f"config key {dotted}: {value!r} is not a {' or '.join(a.__name__ for a in allowed)}")
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:

@@ -1,6 +1,7 @@
 """Everything a run needs, built and validated before any compute: data, verifier, policy, engine."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -72,7 +73,9 @@ def build_parts(cfg: RunConfig, init_parallel) -> RunParts:
     if len(set(ids)) != len(ids):
         raise ValueError("dataset prompt ids are not unique")
     dp = init_parallel(cfg.model.parallel, seed=cfg.run.seed)
-    policy = Policy(hf_config, cfg.model.parallel, dp, cfg.model.options, cfg.optim)
+    # every parameter is overwritten by the checkpoint below: skip megatron's random initialisation
+    options = dataclasses.replace(cfg.model.options, init_weights=False)
+    policy = Policy(hf_config, cfg.model.parallel, dp, options, cfg.optim)
     policy.load_hf(hf)
     dims = ModelDims.from_hf_config(hf_config)
     cost = CostModel.from_dims(hf_config["hidden_size"], hf_config["num_hidden_layers"],

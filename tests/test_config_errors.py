@@ -81,3 +81,12 @@ def test_run_config_overrides_and_section_validation():
         load_config(None, ["run.mode=ppo"])
     with pytest.raises(ValueError, match=r"must look like key.sub=value"):
         load_config(None, ["train.steps"])
+
+
+def test_scalars_are_coerced_to_the_field_type():
+    cfg = load_config(None, ["optim.lr=3e-4", "train.steps=4", "plan.drop_above=1", "data.train_file=12"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.plan.drop_above == 1.0 and isinstance(cfg.plan.drop_above, float)
+    assert cfg.data.train_file == "12"
+    with pytest.raises(ValueError, match=r"config key train.steps: 'many' is not a int"):
+        load_config(None, ["train.steps=many"])

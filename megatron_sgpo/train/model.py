@@ -48,6 +48,7 @@ class ModelOptions:
     fp8_recipe: str = "delayed"
     recompute: str | None = None  # None, "selective" or "full"
     max_sequence_length: int | None = None  # default: the config's max_position_embeddings
+    init_weights: bool = True  # False when checkpoint weights overwrite everything (skips random init)
 
     def __post_init__(self):
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -200,6 +201,7 @@ def transformer_config(cfg: dict, sizes: ParallelSizes, options: ModelOptions):
         variable_seq_lengths=sizes.pp > 1,  # RL micro-batches differ in length: send shapes first
         moe_token_dispatcher_type="alltoall",  # dense models; megatron rejects the default with the line above
         use_cpu_initialization=not on_gpu,
+        perform_initialization=options.init_weights,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

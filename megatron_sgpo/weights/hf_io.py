@@ -105,6 +105,7 @@ def atomic_dir(final: str, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the output is an ordinary folder
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
