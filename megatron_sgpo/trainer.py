@@ -49,6 +49,7 @@ class Trainer:
         self.bad_steps = 0
         self.plan: Plan | None = None
         self.tracker: PosteriorTracker | None = None
+        self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
         self.writer = None
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
@@ -85,7 +86,7 @@ class Trainer:
     def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
         cfg, parts = self.cfg, self.parts
         items = [parts.by_id[pid] for pid, _ in step_entries]
-        ns = [self.tracker.group_size(pid) if self.tracker and pid in self.tracker else n for pid, n in step_entries]
+        ns = [self.tracker.group_size(pid) if self.tracker and pid in self.seen else n for pid, n in step_entries]
         groups = parts.runner.run(items, ns, sampling(cfg, seed=cfg.run.seed * 100003 + self.step))
         tokens, flops = parts.runner.cost(groups)
         self.ledger.add("rollout", tokens, flops)
@@ -93,6 +94,7 @@ class Trainer:
         for g, group in enumerate(groups):
             if self.tracker:
                 self.tracker.update(group.item.id, group.rewards)
+                self.seen.add(group.item.id)
             for c, r in zip(group.completions, group.rewards):
                 seqs.append(group.prompt_ids + list(c.token_ids))
                 plens.append(len(group.prompt_ids))
@@ -122,16 +124,32 @@ class Trainer:
                               np.asarray(weights if cfg.train.selection == "cost_aware" else weights[keep]))
         return samples, stats
 
+    def _reprofile(self, upcoming) -> None:
+        """Online mode: sample k answers for the prompts of the next K steps and fold them into their
+        posteriors, so their group sizes follow the current policy (rank 0; booked as profiling)."""
+        ids = [pid for entries in upcoming for pid, _ in entries]
+        items = [self.parts.by_id[pid] for pid in ids]
+        groups = self.parts.runner.run(items, [self.cfg.profile.k] * len(items),
+                                       sampling(self.cfg, seed=self.cfg.run.seed * 65537 + self.step))
+        tokens, flops = self.parts.runner.cost(groups)
+        self.ledger.add("profiling", tokens, flops)
+        for group in groups:
+            self.tracker.update(group.item.id, group.rewards)
+            self.seen.add(group.item.id)
+
     def _account_training(self, samples: StepSamples) -> None:
         dims = self.parts.dims
         lens = [len(s) for s in samples.sequences]
         self.ledger.add("logprob", sum(lens), sum(ledger_mod.logprob_flops(dims, n) for n in lens))
         self.ledger.add("training", sum(lens), sum(ledger_mod.training_flops(dims, n) for n in lens))
 
-    def train_one(self, step_entries) -> dict:
+    def train_one(self, steps: list) -> dict:
         cfg, parts = self.cfg, self.parts
+        step_entries = steps[self.step]
         self.ledger.start_step(self.step)
         t0 = time.time()
+        if self.tracker and self.tracker.due_for_reprofile(self.step) and self.rank == 0:
+            self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
         payload = self._rollout(step_entries) if self.rank == 0 else None
         samples, stats = _broadcast(payload)
         t1 = time.time()
@@ -179,7 +197,8 @@ class Trainer:
 
     def _state(self) -> dict:
         return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(),
-                "posteriors": self.tracker.to_dict() if self.tracker else None, "bad_steps": self.bad_steps,
+                "posteriors": self.tracker.to_dict() if self.tracker else None, "seen": sorted(self.seen),
+                "bad_steps": self.bad_steps,
                 "evals": self.evals}
 
     def _resume(self) -> bool:
@@ -192,6 +211,7 @@ class Trainer:
         self.ledger = ledger_mod.ComputeLedger.from_dict(state["ledger"])
         if state["posteriors"]:
             self.tracker = PosteriorTracker.from_dict(state["posteriors"])
+            self.seen = set(state["seen"])
         sync_weights(self.parts.policy.modules(), self.parts.mapping, self.parts.engine, version=self.step,
                      bucket_bytes=self.cfg.rollout.bucket_mb * 2**20)
         if self.rank == 0:
@@ -217,7 +237,7 @@ class Trainer:
         steps = self._steps()
         bar = tqdm(total=len(steps), initial=self.step, desc=cfg.run.mode, disable=self.rank != 0)
         while self.step < len(steps):
-            stats = self.train_one(steps[self.step])
+            stats = self.train_one(steps)
             self._log(stats)
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward_mean']:.2f}", n=stats["samples"])

@@ -14,7 +14,9 @@ def grads(tiny_models, tmp_path_factory):
     # (nproc, max tokens per micro-batch): DP=1 one micro-batch; DP=1 and DP=2 with several each
     for key, nproc, budget in [("dp1_one", 1, 4096), ("dp1_many", 1, 64), ("dp2_many", 2, 64), ("dp2_one", 2, 4096)]:
         path = str(out / f"{key}.pt")
-        torchrun("dp_grad_worker.py", nproc, ["--hf", tiny_models["qwen2"], "--out", path, "--max-tokens", str(budget)])
+        extra = ["--nan-check"] if key == "dp2_many" else []
+        torchrun("dp_grad_worker.py", nproc, ["--hf", tiny_models["qwen2"], "--out", path, "--max-tokens", str(budget),
+                                              *extra])
         runs[key] = torch.load(path, weights_only=True)
     return runs
 
@@ -37,3 +39,9 @@ def test_several_micro_batches_were_used(grads):
 def test_clipping_was_exercised(grads):
     metrics = grads["dp1_one"]["metrics"]
     assert metrics["clipped_tokens"].item() > 0
+
+
+def test_nan_loss_on_one_rank_skips_the_step_everywhere(grads):
+    nan = grads["dp2_many"]["nan"]
+    assert "NaN/inf" in nan["raised"] and "optimizer step was skipped" in nan["raised"]
+    assert nan["unchanged"]

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from megatron_sgpo.platform.dist import free_port
+from megatron_sgpo.tasks.registry import BUNDLED_POLICY
 
 BASE = ["data.size=50", "data.eval_size=10", "profile.k=4", "plan.n_max=8", "train.steps=4",
         "train.prompts_per_step=3", "train.checkpoint_every=2", "train.eval_every=0", "rollout.max_new_tokens=5"]
@@ -82,3 +83,66 @@ def test_resume_from_checkpoint_reproduces_losses(run, tmp_path):
         assert a["prompts"] == b["prompts"] and a["group_sizes"] == b["group_sizes"]
         assert b["train/pg_loss_sum"] == pytest.approx(a["train/pg_loss_sum"], abs=1e-6)
         assert b["reward_mean"] == a["reward_mean"]
+
+
+def test_sigkill_and_restart_reproduces_the_uninterrupted_run(run, tmp_path):
+    """Kill -9 the whole torchrun job after its first checkpoint, restart it, compare with ``run``."""
+    import signal
+    import time
+
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out}", *BASE]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    latest = os.path.join(out, "checkpoints", "latest")
+    deadline = time.time() + 600
+    while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(latest), "the run never wrote a checkpoint"
+    sgpo_train(out)
+    final = {s["step"]: s for s in read_steps(out)}  # later lines (after the restart) win
+    reference = {s["step"]: s for s in read_steps(run)}
+    assert sorted(final) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert final[step]["prompts"] == reference[step]["prompts"]
+        assert final[step]["train/pg_loss_sum"] == pytest.approx(reference[step]["train/pg_loss_sum"], abs=1e-6)
+
+
+def test_dataset_row_without_answer_fails_before_any_compute(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q: 1+1=\\nA:", "answer": "2"}\n{"prompt": "Q: 2+2=\\nA:"}\n')
+    proc = subprocess.run([sys.executable, "-m", "megatron_sgpo.cli", "train", "data.task=jsonl",
+                           f"data.train_file={bad}", "data.verifier=arith", f"model.hf_path={BUNDLED_POLICY}",
+                           f"run.output_dir={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"{bad}:2: row has no 'answer' field" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_online_posteriors_replan_group_sizes(tmp_path):
+    """With online posteriors, a prompt's next appearance is sized from its updated posterior."""
+    out = str(tmp_path / "online")
+    sgpo_train(out, nproc=1, extra=["online.online=true", "online.reprofile_every=2", "train.epochs=2",
+                                    "train.steps=8", "data.size=30"])
+    with open(os.path.join(out, "profile.json")) as f:
+        p_hat = {p["prompt_id"]: p["successes"] / p["samples"] for p in json.load(f)["profiles"]}
+    with open(os.path.join(out, "checkpoints", "latest")) as f:
+        latest = json.load(f)["path"]
+    with open(os.path.join(latest, "state.json")) as f:
+        state = json.load(f)
+    post = {pid: (a, b) for pid, a, b in state["posteriors"]["posteriors"]}
+    steps = read_steps(out)
+    seen, replanned = set(), 0
+    for s in steps:
+        for pid, n in zip(s["prompts"], s["group_sizes"]):
+            if pid in seen:
+                replanned += 1
+            seen.add(pid)
+    assert replanned > 0, "no prompt appeared twice"
+    # posteriors absorbed the training and re-profiling rewards: pseudo-counts exceed the profile's k + prior
+    assert any(a + b > 4 + 2 for a, b in post.values())
+    assert set(state["seen"]) <= set(p_hat)

@@ -22,22 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 
-    from megatron_sgpo.platform.dist import ParallelSizes, destroy_parallel, init_parallel
-    from megatron_sgpo.weights.convert import hf_to_megatron
+    from megatron_sgpo.platform.dist import ParallelSizes
+    from megatron_sgpo.weights.convert import hf_to_megatron, run_tool
 
     sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    init_parallel(sizes)
-    try:
-        summary = hf_to_megatron(a.hf_dir, a.out_dir, sizes, a.make_vocab_size_divisible_by,
-                                 overwrite=a.overwrite, progress=not a.no_progress)
-    except Exception as exc:
-        print(f"convert_hf_to_megatron: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_parallel()
-    if summary.bytes:
-        print(summary.line())
-    return 0
+
+    def convert():
+        return hf_to_megatron(a.hf_dir, a.out_dir, sizes, a.make_vocab_size_divisible_by,
+                              overwrite=a.overwrite, progress=not a.no_progress)
+
+    return run_tool("convert_hf_to_megatron", sizes, convert)
 
 
 if __name__ == "__main__":

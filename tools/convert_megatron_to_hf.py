@@ -32,22 +32,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 
-    from megatron_sgpo.platform.dist import ParallelSizes, destroy_parallel, init_parallel
-    from megatron_sgpo.weights.convert import megatron_to_hf
+    from megatron_sgpo.platform.dist import ParallelSizes
+    from megatron_sgpo.weights.convert import megatron_to_hf, run_tool
 
     sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    init_parallel(sizes)
-    try:
-        summary = megatron_to_hf(a.megatron_dir, a.out_dir, sizes, a.max_shard_size,
-                                 overwrite=a.overwrite, progress=not a.no_progress)
-    except Exception as exc:
-        print(f"convert_megatron_to_hf: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_parallel()
-    if summary.bytes:
-        print(summary.line())
-    return 0
+
+    def convert():
+        return megatron_to_hf(a.megatron_dir, a.out_dir, sizes, a.max_shard_size,
+                              overwrite=a.overwrite, progress=not a.no_progress)
+
+    return run_tool("convert_megatron_to_hf", sizes, convert)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ import time
 import uuid
 from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import requests
 import torch
 from requests.adapters import HTTPAdapter
+
+from megatron_sgpo.weights.reshard import buckets
 
 from .engine import (Completion, EngineError, NamedTensors, RolloutEngine, SamplingParams, check_generate_args,
                      sample_seed)
@@ -30,20 +32,6 @@ from .protocol import parse_completion, to_sglang_sampling
 from .serial import serialize_named_tensors
 
 _RETRY_STATUS = {502, 503, 504}
-
-
-def buckets(named_tensors: NamedTensors, bucket_bytes: int) -> Iterable[list[tuple[str, torch.Tensor]]]:
-    """Group tensors into lists of about bucket_bytes (a bigger tensor gets a bucket of its own)."""
-    bucket, size = [], 0
-    for name, t in named_tensors:
-        nbytes = t.numel() * t.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, t))
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 class SGLangClient(RolloutEngine):

@@ -76,14 +76,19 @@ class Policy:
         return [c.module for c in self.chunks]
 
     def load_hf(self, hf) -> int:
-        """Load HF tensors (a mapping name -> tensor, e.g. an HFCheckpoint); return bytes loaded."""
+        """Load HF tensors (a mapping name -> tensor, e.g. an HFCheckpoint); return bytes loaded.
+
+        Collective. With an HFCheckpoint, tensors that no rank used are an error (config/checkpoint mismatch)."""
         from megatron.core import parallel_state
 
-        from megatron_sgpo.weights.load import load_hf_weights
+        from megatron_sgpo.weights.load import ReadRecorder, check_all_used, load_hf_weights
         from megatron_sgpo.weights.mapping import WeightMapping
 
         mapping = WeightMapping(self.hf_config, self.sizes.tp, self.options.make_vocab_size_divisible_by)
-        loaded = load_hf_weights(self.modules(), hf, mapping, parallel_state.get_tensor_model_parallel_rank())
+        reader = ReadRecorder(hf)
+        loaded = load_hf_weights(self.modules(), reader, mapping, parallel_state.get_tensor_model_parallel_rank())
+        if hasattr(hf, "names"):  # a checkpoint folder: every tensor in it must have found a place
+            check_all_used(hf, reader.read, mapping.tied)
         # megatron keeps fp32 main params inside the optimizer: refresh them from the new weights
         self.optimizer.reload_model_params()
         return loaded

@@ -91,6 +91,7 @@ def forward_backward(
                     metrics["entropy"] = entropy.detach()
                 return logits.new_zeros(()), metrics
             loss, metrics = loss_fn(logprobs, entropy, mb)
+            metrics = {**metrics, "loss": loss.detach()}  # checked for NaN/inf before the optimizer step
             return loss * scale, metrics
 
         return output, finish

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.platform.dist import ParallelSizes
+from megatron_sgpo.platform.dist import ParallelSizes, destroy_parallel, init_parallel
 from megatron_sgpo.train.model import ModelOptions, build_model, family_of, load_hf_config, validate_layout
 from megatron_sgpo.weights.hf_io import SIDE_FILES, HFCheckpoint, ShardedWriter, copy_side_files
-from megatron_sgpo.weights.load import load_hf_weights, unwrap
+from megatron_sgpo.weights.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
 from megatron_sgpo.weights.mapping import WeightMapping, global_names
 
 META = "sgpo_conversion.json"
@@ -141,30 +142,6 @@ def _hf_dtype(cfg: dict) -> str:
     return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
 
 
-class _Counting:
-    """``hf[name]`` lookups that advance a progress bar and remember what was read."""
-
-    def __init__(self, hf, bar):
-        self.hf, self.bar, self.read = hf, bar, set()
-
-    def __getitem__(self, name):
-        self.bar.update(1)
-        self.read.add(name)
-        return self.hf[name]
-
-
-def _check_all_used(hf, read: set, tied: bool) -> None:
-    """Collective: fail if no rank read some HF tensor, e.g. a config with fewer layers than the checkpoint."""
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, sorted(read))
-    used = set().union(*map(set, everyone))
-    ignorable = {"lm_head.weight"} if tied else set()  # some tied checkpoints store the copy
-    unused = [n for n in hf.names() if n not in used and n not in ignorable and not n.endswith("rotary_emb.inv_freq")]
-    if unused:
-        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
-        raise ValueError(f"{hf.path}: tensors {unused[:5]}{more} are not used by the model that config.json describes")
-
-
 def hf_to_megatron(hf_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSizes(), divisible_by: int = 128,
                    overwrite: bool = False, progress: bool = True) -> Summary:
     """Convert an HF safetensors folder into a megatron dist checkpoint loadable at any TP ≤ 8 and any PP.
@@ -195,12 +172,12 @@ def hf_to_megatron(hf_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSiz
             mapping = WeightMapping(cfg, sizes.tp, options.make_vocab_size_divisible_by)
             n_reads = sum(len(mapping.rule(n).hf_names) for c in chunks for n in global_names(unwrap(c)).values())
             with _bar(n_reads, "HF -> megatron (rank 0)", progress) as bar:
-                reader = _Counting(hf, bar)
+                reader = ReadRecorder(hf, on_read=lambda: bar.update(1))
                 load_hf_weights(chunks, reader, mapping, ps.get_tensor_model_parallel_rank())
         except Exception as exc:  # agreed below so every rank stops
             error = exc
         _agree(error)
-        _check_all_used(hf, reader.read, mapping.tied)
+        check_all_used(hf, reader.read, mapping.tied)
         sharded = unwrap(chunks[0]).sharded_state_dict()
         _cheap_write_queue()
         dist_checkpointing.save(sharded, out.tmp)
@@ -369,3 +346,18 @@ def megatron_to_hf(ckpt_dir: str, out_dir: str, sizes: ParallelSizes = ParallelS
         out.abort()
         raise
     return Summary("megatron -> HF", len(writer.weight_map) if writer else 0, nbytes, time.time() - t0, out.final)
+
+
+def run_tool(tool: str, sizes: ParallelSizes, convert) -> int:
+    """Body of the converter tools: set up the ranks, convert, print the summary or one error line."""
+    init_parallel(sizes)
+    try:
+        summary = convert()
+    except Exception as exc:  # a tool reports any failure as one line and exit status 1
+        print(f"{tool}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_parallel()
+    if summary.bytes:
+        print(summary.line())
+    return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from megatron_sgpo.weights.mapping import WeightMapping, global_names
 
@@ -40,3 +41,28 @@ def load_hf_weights(chunks, hf, mapping: WeightMapping, tp_rank: int) -> int:
                 param.copy_(value.to(param.dtype))
             loaded += value.numel() * value.element_size()
     return loaded
+
+
+class ReadRecorder:
+    """``hf[name]`` lookups that remember what was read (and can tick a progress bar)."""
+
+    def __init__(self, hf, on_read=None):
+        self.hf, self.on_read, self.read = hf, on_read, set()
+
+    def __getitem__(self, name):
+        if self.on_read:
+            self.on_read()
+        self.read.add(name)
+        return self.hf[name]
+
+
+def check_all_used(hf, read: set, tied: bool) -> None:
+    """Collective: fail if no rank read some HF tensor, e.g. a config with fewer layers than the checkpoint."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, sorted(read))
+    used = set().union(*map(set, everyone))
+    ignorable = {"lm_head.weight"} if tied else set()  # some tied checkpoints store the copy
+    unused = [n for n in hf.names() if n not in used and n not in ignorable and not n.endswith("rotary_emb.inv_freq")]
+    if unused:
+        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        raise ValueError(f"{hf.path}: tensors {unused[:5]}{more} are not used by the model that config.json describes")

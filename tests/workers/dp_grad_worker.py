@@ -14,7 +14,7 @@ from megatron_sgpo.algo.advantage import group_advantages
 from megatron_sgpo.algo.loss import LossConfig
 from megatron_sgpo.batch import CostModel, ParallelLayout
 from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
-from megatron_sgpo.train.policy import Policy
+from megatron_sgpo.train.policy import NonFiniteLossError, Policy
 from megatron_sgpo.train.update import StepSamples, attach_old_logprobs, make_loss_fn, normalizer, rank_micro_batches
 from megatron_sgpo.weights.hf_io import HFCheckpoint
 from megatron_sgpo.weights.mapping import global_names
@@ -38,12 +38,30 @@ def make_step(seed: int = 0) -> StepSamples:
     return StepSamples(seqs, plens, gids, adv, weights)
 
 
+def nan_loss_is_refused(policy, mbs) -> dict:
+    """A NaN loss on one rank must raise on every rank and leave the weights untouched."""
+    before = [p.detach().clone() for p in policy.modules()[0].parameters()]
+
+    def nan_loss(logprobs, entropy, mb):
+        bad = float("nan") if dist.get_rank() == 0 else 0.0
+        return (logprobs * mb.loss_mask).sum() * bad, {"tokens": mb.loss_mask.sum()}
+
+    try:
+        policy.train_step(mbs, nan_loss)
+        raised = ""
+    except NonFiniteLossError as exc:
+        raised = str(exc)
+    after = list(policy.modules()[0].parameters())
+    return {"raised": raised, "unchanged": all(torch.equal(b, a) for b, a in zip(before, after))}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--nan-check", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
     sizes = ParallelSizes(tp=a.tp)
@@ -65,12 +83,13 @@ def main():
     metrics = policy.compute_gradients(mbs, make_loss_fn(loss, normalizer(samples, loss)))
     counts = torch.tensor([len(mbs)])
     dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    model = policy.modules()[0]
+    names = global_names(model)
+    grads = {names[n]: p.main_grad.detach().clone() for n, p in model.named_parameters()}
+    nan_result = nan_loss_is_refused(policy, mbs) if a.nan_check else None  # after the gradients are copied
     if dist.get_rank() == 0:
-        model = policy.modules()[0]
-        names = global_names(model)
-        grads = {names[n]: p.main_grad.detach().clone() for n, p in model.named_parameters()}
-        torch.save({"grads": grads, "micro_batches": int(counts), "metrics": {k: v.clone() for k, v in metrics.items()}},
-                   a.out)
+        torch.save({"grads": grads, "micro_batches": int(counts), "metrics": {k: v.clone() for k, v in metrics.items()},
+                    "nan": nan_result}, a.out)
     dist.barrier()
 
 
