@@ -79,8 +79,13 @@ class RolloutSection:
     max_new_tokens: int = 8
     stop: tuple = ()
     bucket_mb: int = 256
+    tp_size: int = 1  # the SGLang server's --tp-size (weights are sent once per engine TP rank)
+    weight_sync: str = "tensor"  # tensor (colocated, CUDA IPC) | distributed (NCCL broadcast from rank 0)
+    release_memory: bool = True  # free the engine's GPU memory while the trainer runs (colocated)
 
     def __post_init__(self):
+        if self.weight_sync not in ("tensor", "distributed"):
+            raise ValueError(f"rollout.weight_sync must be tensor or distributed, got {self.weight_sync!r}")
         if self.engine not in ("local", "sglang", "serve"):
             raise ValueError(f"rollout.engine must be local, sglang or serve, got {self.engine!r}")
         if self.engine != "local" and not self.url:

@@ -101,4 +101,5 @@ def _engine(cfg: RunConfig, path: str):
         return LocalEngine(path)
     from megatron_sgpo.rollout.sglang import SGLangClient
 
-    return SGLangClient(cfg.rollout.url)
+    r = cfg.rollout
+    return SGLangClient(r.url, tp_size=r.tp_size, weight_sync=r.weight_sync, bucket_bytes=r.bucket_mb * 2**20)

@@ -152,6 +152,9 @@ class Trainer:
             self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
         payload = self._rollout(step_entries) if self.rank == 0 else None
         samples, stats = _broadcast(payload)
+        release = cfg.rollout.release_memory and parts.engine is not None
+        if release:  # colocated: the engine's weights and KV cache make room for training
+            parts.engine.release_memory()
         t1 = time.time()
         if samples is not None:
             layout = ParallelLayout(dp=parts.dp, pp=cfg.model.parallel.pp, vpp=cfg.model.parallel.vpp,
@@ -172,6 +175,8 @@ class Trainer:
             if self.rank == 0:
                 self._account_training(samples)
         t2 = time.time()
+        if release:
+            parts.engine.resume_memory()
         sync_weights(parts.policy.modules(), parts.mapping, parts.engine, version=self.step + 1,
                      bucket_bytes=cfg.rollout.bucket_mb * 2**20)
         stats.update({"time/rollout": t1 - t0, "time/train": t2 - t1, "time/sync": time.time() - t2})

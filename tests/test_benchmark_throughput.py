@@ -32,7 +32,7 @@ def test_peak_lookup_knows_only_hopper_sxm():
 
 def test_rates_take_the_median_and_give_mfu_only_with_a_peak():
     r = rates([3.0, 1.0, 2.0], tokens=100, flops=8e12, world=4, peak=None)
-    assert r["seconds_median"] == 2.0 and r["tokens_per_s"] == 50.0
+    assert r["seconds_median"] == 2.0 and r["tokens_per_s"] == 50.0 and r["tokens_per_s_best"] == 100.0
     assert r["tflops_total"] == pytest.approx(4.0) and r["tflops_per_device"] == pytest.approx(1.0)
     assert "mfu" not in r
     assert rates([2.0], 100, 8e12, 4, peak=10.0)["mfu"] == pytest.approx(0.1)

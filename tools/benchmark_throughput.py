@@ -6,7 +6,7 @@ Single process, or several ranks (gloo on CPU, NCCL on GPU):
     python tools/benchmark_throughput.py --compare runs/bench/tp1.json runs/bench/tp2.json
 The model is an HF folder (``--model DIR``), a ``--config-json`` (random init), or a Llama defined by
 ``--hidden --layers --heads --kv-heads --ffn --vocab`` (random init). Rank 0 prints; see
-docs/benchmarks_throughput.md for what each figure means and measured results.
+docs/benchmarks.md for what each figure means and measured results.
 """
 from __future__ import annotations
 
@@ -96,26 +96,29 @@ def table(rep: dict) -> str:
              f"workload: {rep['workload']['batch']} x ({rep['workload']['prompt_len']} + "
              f"{rep['workload']['response_len']}) tokens, micro-batch {rep['workload']['micro_batch']}; "
              f"median of {rep['reps']} after {rep['warmup']} warm-up",
-             f"{'phase':<9} {'tokens/s':>10} {'TFLOP/s':>9} {'TFLOP/s/dev':>11} {'MFU':>6} {'median s':>9}"]
+             f"{'phase':<9} {'tokens/s':>10} {'TFLOP/s':>9} {'TFLOP/s/dev':>11} {'MFU':>6} {'median s':>9} "
+             f"{'best tok/s':>10}"]
     for phase in ("train", "logprob", "rollout"):
         if phase in rep:
             x = rep[phase]
             lines.append(f"{phase:<9} {x['tokens_per_s']:>10.0f} {_fmt(x.get('tflops_total'), '.4g'):>9} "
                          f"{_fmt(x.get('tflops_per_device'), '.4g'):>11} {_fmt(x.get('mfu'), '.1%'):>6} "
-                         f"{x['seconds_median']:>9.3f}")
+                         f"{x['seconds_median']:>9.3f} {x['tokens_per_s_best']:>10.0f}")
     if "sync" in rep:
         s = rep["sync"]
         lines.append(f"sync      {s['bytes'] / 1e6:.1f} MB in {s['tensors']} tensors, {s['buckets']} bucket(s): "
-                     f"{s['GBps']:.3f} GB/s; plain copy {s['copy_GBps']:.3f} GB/s; ratio {s['ratio_to_copy']:.3f}")
+                     f"{s['GBps']:.3f} GB/s; plain copy {s['copy_GBps']:.3f} GB/s; ratio {s['ratio_to_copy']:.3f} "
+                     f"(best: {s['GBps_best']:.3f} vs {s['copy_GBps_best']:.3f} GB/s)")
     return "\n".join(lines)
 
 
 def compare(base: dict, other: dict) -> dict:
     """OTHER/BASE ratios of the headline figures (higher is better for every one)."""
     out = {}
-    for phase, key in (("train", "tokens_per_s"), ("logprob", "tokens_per_s"), ("rollout", "tokens_per_s"),
-                       ("sync", "GBps"), ("sync", "ratio_to_copy")):
-        if phase in base and phase in other:
+    for phase, key in (("train", "tokens_per_s"), ("train", "tokens_per_s_best"), ("logprob", "tokens_per_s"),
+                       ("logprob", "tokens_per_s_best"), ("rollout", "tokens_per_s"), ("rollout", "tokens_per_s_best"),
+                       ("sync", "GBps"), ("sync", "GBps_best"), ("sync", "ratio_to_copy")):
+        if key in base.get(phase, {}) and key in other.get(phase, {}):
             out[f"{phase}.{key}"] = other[phase][key] / base[phase][key]
     return out
 

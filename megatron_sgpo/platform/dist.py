@@ -79,7 +79,8 @@ def init_parallel(sizes: ParallelSizes, seed: int = 1234, timeout_minutes: int =
                 raise RuntimeError("MASTER_PORT is not set: launch multi-process runs with torchrun")
             os.environ["MASTER_PORT"] = str(free_port())
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            # on GPU, NCCL for CUDA tensors and gloo for the CPU tensors of weight sync and object broadcasts
+            backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),
