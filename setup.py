@@ -21,6 +21,7 @@ setup(
         "pyyaml",
         "tqdm",
         "requests",
+        "psutil",  # megatron-core's dist-checkpoint writer needs it and does not declare it
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "sglang"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from megatron_sgpo.algo.grsp import GRSPConfig
 from megatron_sgpo.algo.loss import LossConfig
 from megatron_sgpo.algo.plan import PlanConfig
 from megatron_sgpo.algo.posterior import OnlinePosteriorConfig
@@ -126,6 +127,7 @@ class RunConfig:
     online: OnlinePosteriorConfig = field(default_factory=OnlinePosteriorConfig)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     loss: LossConfig = field(default_factory=LossConfig)
+    grsp: GRSPConfig = field(default_factory=lambda: GRSPConfig(coef=0.0))  # segment length penalty, off at 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
 

@@ -17,6 +17,7 @@ class Group:
     item: TaskItem
     prompt_ids: list[int]
     completions: list[Completion]
+    texts: list[str]  # decoded responses, as the verifier saw them
     rewards: list[float]
 
     def response_lens(self) -> list[int]:
@@ -44,7 +45,7 @@ class GroupRunner:
                 raise RuntimeError(f"engine returned {len(comps)} completions for prompt {item.id!r}, asked {n}")
             texts = [c.text or self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in comps]
             rewards = self.verifier.score_batch([item] * n, texts)
-            groups.append(Group(item, ids, comps, rewards))
+            groups.append(Group(item, ids, comps, texts, rewards))
         return groups
 
     def cost(self, groups: list[Group]) -> tuple[int, float]:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_sgpo import run_state
-from megatron_sgpo.algo import advantage, ledger as ledger_mod, select
+from megatron_sgpo.algo import advantage, grsp, ledger as ledger_mod, select
 from megatron_sgpo.algo.plan import Plan, fixed_plan, make_plan
 from megatron_sgpo.algo.posterior import PosteriorTracker
 from megatron_sgpo.algo.profile import PromptProfile
@@ -101,28 +101,42 @@ class Trainer:
                 gids.append(g)
                 rewards.append(r)
         rewards_a, gids_a = np.array(rewards), np.array(gids)
-        adv = advantage.group_advantages(rewards_a, gids_a)
+        adv = self._advantages(groups, rewards_a, gids_a)
         stats = {"reward_mean": float(rewards_a.mean()), "accuracy": float((rewards_a >= 1.0).mean()),
                  "samples": len(seqs), "group_sizes": ns, "prompts": [g.item.id for g in groups]}
         for level in sorted({g.item.meta.get("level") for g in groups} - {None}):
             lv = [r for g in groups if g.item.meta.get("level") == level for r in g.rewards]
             stats[f"pass_rate/level{level}"] = float(np.mean([r >= 1.0 for r in lv]))
-        keep = np.arange(len(seqs))
-        weights = np.ones(len(seqs))
+        keep, weights = np.arange(len(seqs)), None
         if cfg.run.mode == "dapo" or cfg.train.selection == "zero_variance":
             keep = np.flatnonzero(select.zero_variance_filter(rewards_a, gids_a).keep)
-        if cfg.train.selection == "cost_aware":
+        if cfg.train.selection == "cost_aware" and len(keep):  # q ∝ |A|/sqrt(len) over what is left
             costs = select.sequence_costs(plens, [len(s) - p for s, p in zip(seqs, plens)])
-            draws = cfg.train.cost_aware_draws or len(seqs)
-            pick = select.cost_aware_sample(adv, costs, draws, np.random.default_rng([cfg.run.seed, self.step]),
-                                            cfg.train.cost_aware_mix)
-            keep, weights = pick.indices, pick.weights
+            pick = select.cost_aware_sample(adv[keep], costs[keep], cfg.train.cost_aware_draws or len(keep),
+                                            np.random.default_rng([cfg.run.seed, self.step]), cfg.train.cost_aware_mix)
+            keep, weights = keep[pick.indices], pick.weights
         stats["trained_samples"] = int(len(keep))
         if len(keep) == 0:
             return None, stats
-        samples = StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep],
-                              np.asarray(weights if cfg.train.selection == "cost_aware" else weights[keep]))
+        samples = StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep], weights)
         return samples, stats
+
+    def _advantages(self, groups, rewards: np.ndarray, gids: np.ndarray) -> np.ndarray:
+        """Per-group advantages, with the GRSP segment-length penalty on the reward or the advantage."""
+        g = self.cfg.grsp
+        if g.coef == 0:
+            return advantage.group_advantages(rewards, gids)
+
+        def penalised(values: np.ndarray) -> np.ndarray:
+            out = values.astype(np.float64).copy()
+            for i, group in enumerate(groups):
+                lps = [c.logprobs for c in group.completions]
+                out[gids == i] = grsp.apply_grsp(out[gids == i], group.texts, g, lps)
+            return out
+
+        if g.target == "reward":
+            return advantage.group_advantages(penalised(rewards), gids)
+        return penalised(advantage.group_advantages(rewards, gids))
 
     def _reprofile(self, upcoming) -> None:
         """Online mode: sample k answers for the prompts of the next K steps and fold them into their

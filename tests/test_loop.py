@@ -146,3 +146,35 @@ def test_online_posteriors_replan_group_sizes(tmp_path):
     # posteriors absorbed the training and re-profiling rewards: pseudo-counts exceed the profile's k + prior
     assert any(a + b > 4 + 2 for a, b in post.values())
     assert set(state["seen"]) <= set(p_hat)
+
+
+def test_grpo_baseline_has_fixed_groups_and_no_profiling(tmp_path):
+    out = str(tmp_path / "grpo")
+    sgpo_train(out, nproc=1, extra=["run.mode=grpo", "train.grpo_n=4", "train.steps=2"])
+    assert not os.path.exists(os.path.join(out, "profile.json"))
+    steps = read_steps(out)
+    assert all(n == 4 for s in steps for n in s["group_sizes"])
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["compute"]["profiling"]["flops"] == 0
+
+
+def test_dapo_with_cost_aware_selection_trains_the_drawn_samples(tmp_path):
+    out = str(tmp_path / "dapo")
+    sgpo_train(out, nproc=1, extra=["run.mode=dapo", "train.grpo_n=4", "train.steps=3", "train.selection=cost_aware",
+                                    "train.cost_aware_draws=5"])
+    for s in read_steps(out):
+        # groups with all-equal rewards are dropped first; then exactly 5 draws if anything is left
+        assert s["trained_samples"] in (0, 5)
+        if s["trained_samples"]:
+            assert s["train/seqs"] == 5
+
+
+def test_grsp_penalty_changes_advantages_only_when_on(tmp_path):
+    """GRSP (target=reward) shapes rewards within groups: same rollouts, different losses; off by default."""
+    runs = {}
+    for name, extra in {"off": [], "on": ["grsp.coef=0.5", "grsp.target=reward", "grsp.logprob_threshold=-0.5"]}.items():
+        out = str(tmp_path / name)
+        sgpo_train(out, nproc=1, extra=["run.mode=grpo", "train.grpo_n=4", "train.steps=1", *extra])
+        runs[name] = read_steps(out)[0]
+    assert runs["on"]["prompts"] == runs["off"]["prompts"] and runs["on"]["reward_mean"] == runs["off"]["reward_mean"]
+    assert runs["on"]["train/pg_loss_sum"] != pytest.approx(runs["off"]["train/pg_loss_sum"], abs=1e-9)
