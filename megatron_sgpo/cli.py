@@ -48,11 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="serve an HF checkpoint with SGLang's HTTP protocol (sgpo serve --help)")
     sub.add_parser("plan", help="rank cluster layouts for a model (sgpo plan --help)")
     args = parser.parse_args(argv)
+    from megatron_sgpo.trainer import RankZeroError
+
     try:
         return _train(args)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # config and data errors: one clear line
         print(f"sgpo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RankZeroError as exc:  # a rollout, profiling or evaluation failure, seen by every rank
+        print(f"sgpo {args.command}: error: {exc} (checkpoints and profile in the output folder are intact)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

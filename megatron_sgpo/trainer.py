@@ -32,10 +32,24 @@ from megatron_sgpo.weights.reshard import sync_weights
 MAX_BAD_STEPS = 3
 
 
-def _broadcast(obj):
-    box = [obj]
+class RankZeroError(RuntimeError):
+    """Work that runs on rank 0 only (profiling, rollout, evaluation) failed; every rank raises it."""
+
+
+def _on_rank0(what: str, fn):
+    """Run ``fn`` on global rank 0 and broadcast its result, or its error, so no rank waits forever."""
+    payload = None
+    if dist.get_rank() == 0:
+        try:
+            payload = ("ok", fn())
+        except Exception as exc:  # re-raised on every rank below, with the original message
+            payload = ("error", f"{type(exc).__name__}: {exc}")
+    box = [payload]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    kind, value = box[0]
+    if kind == "error":
+        raise RankZeroError(f"{what} failed: {value}")
+    return value
 
 
 class Trainer:
@@ -63,11 +77,8 @@ class Trainer:
         cfg, parts = self.cfg, self.parts
         ids = [it.id for it in parts.items]
         if cfg.run.mode == "sgpo":
-            profiles = None
-            if self.rank == 0:
-                profiles, cost = run_profiling(parts, cfg, self.out)
-                self.ledger.add("profiling", cost[0], cost[1])
-            profiles = _broadcast(profiles)
+            profiles, cost = _on_rank0("profiling", lambda: run_profiling(parts, cfg, self.out))
+            self.ledger.add("profiling", cost[0], cost[1])  # booked on every rank; only rank 0's is saved
             self.plan = make_plan(profiles, cfg.plan, cfg.run.seed)
             if cfg.online.online:
                 self.tracker = PosteriorTracker.from_profiles(profiles, cfg.plan, cfg.online)
@@ -162,10 +173,13 @@ class Trainer:
         step_entries = steps[self.step]
         self.ledger.start_step(self.step)
         t0 = time.time()
-        if self.tracker and self.tracker.due_for_reprofile(self.step) and self.rank == 0:
-            self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
-        payload = self._rollout(step_entries) if self.rank == 0 else None
-        samples, stats = _broadcast(payload)
+
+        def rollout():
+            if self.tracker and self.tracker.due_for_reprofile(self.step):
+                self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
+            return self._rollout(step_entries)
+
+        samples, stats = _on_rank0(f"rollout of step {self.step + 1}", rollout)
         release = cfg.rollout.release_memory and parts.engine is not None
         if release:  # colocated: the engine's weights and KV cache make room for training
             parts.engine.release_memory()
@@ -239,8 +253,7 @@ class Trainer:
 
     def _evaluate(self, tag: str) -> None:
         if self.parts.eval_items:
-            result = evaluate(self.parts, self.cfg) if self.rank == 0 else None
-            result = _broadcast(result)
+            result = _on_rank0(f"evaluation ({tag})", lambda: evaluate(self.parts, self.cfg))
             self.evals.append({"step": self.step, "tag": tag, "total_flops": self.ledger.total_flops, **result})
             if self.writer:
                 for key, value in result.items():

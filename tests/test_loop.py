@@ -178,3 +178,19 @@ def test_grsp_penalty_changes_advantages_only_when_on(tmp_path):
         runs[name] = read_steps(out)[0]
     assert runs["on"]["prompts"] == runs["off"]["prompts"] and runs["on"]["reward_mean"] == runs["off"]["reward_mean"]
     assert runs["on"]["train/pg_loss_sum"] != pytest.approx(runs["off"]["train/pg_loss_sum"], abs=1e-9)
+
+
+def test_verifier_failing_on_every_item_stops_all_ranks_with_a_clear_error(tmp_path):
+    """The gym verifier cannot score plain JSONL items: rank 0's rollout fails, every rank stops (no hang)."""
+    data = tmp_path / "plain.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q: {i}+1=\nA:", "answer": str(i + 1)}) + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out}",
+           "run.mode=grpo", "train.grpo_n=2", "data.task=jsonl", f"data.train_file={data}", "data.verifier=gym",
+           f"model.hf_path={BUNDLED_POLICY}", "train.steps=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "rollout of step 1 failed: VerifierFailure" in proc.stderr
+    assert (out / "config.yaml").exists()  # the run's outputs were not removed
