@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 QUICKSTART = os.path.join(os.path.dirname(__file__), "assets", "quickstart.yaml")
 
@@ -28,8 +29,16 @@ def _train(args) -> int:
     return 0
 
 
+def _quiet_known_warnings() -> None:
+    """megatron warns at import that TE/apex are absent: expected on CPU, noise for a newcomer."""
+    for message in (r".*Apex is not installed.*", r".*Transformer Engine and Apex are not installed.*",
+                    r".*full scope is deprecated.*"):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_known_warnings()
     if argv and argv[0] == "serve":
         from megatron_sgpo.rollout.server import serve_main
 

@@ -52,6 +52,19 @@ def _on_rank0(what: str, fn):
     return value
 
 
+def _report(summary: dict, out_dir: str) -> str:
+    """The end-of-run summary a person reads: accuracy over the run and compute by phase."""
+    lines = [f"{summary['mode']}: {summary['steps']} steps, outputs in {out_dir}"]
+    for e in summary["evals"]:
+        levels = " ".join(f"L{k[len('accuracy_level'):]}={v:.2f}" for k, v in e.items() if k.startswith("accuracy_level"))
+        lines.append(f"  accuracy {e['tag']:>8} (step {e['step']:>3}): {e['accuracy']:.3f}  {levels}")
+    total = summary["total_flops"] or 1
+    for phase, v in summary["compute"].items():
+        lines.append(f"  compute {phase:>9}: {v['flops']:.3g} FLOPs ({100 * v['flops'] / total:4.1f}%), {v['tokens']} tokens")
+    lines.append(f"  compute     total: {summary['total_flops']:.3g} FLOPs")
+    return "\n".join(lines)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -288,7 +301,5 @@ class Trainer:
         if self.rank == 0:
             run_state.write_json_atomic(os.path.join(self.out, "summary.json"), summary)
             self.writer.close()
-            print(json.dumps({"accuracy": [(e["tag"], e["step"], round(e["accuracy"], 3)) for e in self.evals],
-                              "flops_by_phase": {k: f"{v['flops']:.3g}" for k, v in summary["compute"].items()}},
-                             indent=1))
+            print(_report(summary, self.out))
         return summary
