@@ -74,6 +74,7 @@ class Trainer:
         self.ledger = ledger_mod.ComputeLedger()
         self.step = 0
         self.bad_steps = 0
+        self.evals: list[dict] = []
         self.plan: Plan | None = None
         self.tracker: PosteriorTracker | None = None
         self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
@@ -275,7 +276,6 @@ class Trainer:
     # ------------------------------------------------------------------ main
     def run(self) -> dict:
         cfg = self.cfg
-        self.evals: list[dict] = []
         if not self._resume():
             self._make_plan()
             self._evaluate("before")

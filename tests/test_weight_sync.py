@@ -6,11 +6,12 @@ from megatron_sgpo.weights.reshard import buckets
 from tests.distributed import load, torchrun
 
 
-@pytest.fixture(scope="module", params=[(2, 1), (1, 2)], ids=["tp2", "pp2"])
+@pytest.fixture(scope="module", params=[(2, 1, "llama"), (1, 2, "llama"), (1, 2, "qwen2")],
+                ids=["tp2", "pp2", "pp2-tied"])
 def synced(request, tiny_models, tmp_path_factory):
-    tp, pp = request.param
-    out = str(tmp_path_factory.mktemp(f"sync_tp{tp}pp{pp}"))
-    torchrun("sync_worker.py", tp * pp, ["--hf", tiny_models["llama"], "--out", out, "--tp", str(tp), "--pp", str(pp)])
+    tp, pp, family = request.param
+    out = str(tmp_path_factory.mktemp(f"sync_tp{tp}pp{pp}{family}"))
+    torchrun("sync_worker.py", tp * pp, ["--hf", tiny_models[family], "--out", out, "--tp", str(tp), "--pp", str(pp)])
     return load(out, "engine.pt"), load(out, "trainer.pt")
 
 

@@ -32,13 +32,15 @@ def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor]:
 
 def stage_hf_tensors(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's parameters as HF (name, full tensor) pairs. Every TP rank must iterate (all-gathers);
-    the values are meaningful on all of them. Tied output weights on the last stage are skipped (the
-    first stage's embedding is the same tensor)."""
+    the values are meaningful on all of them. With tied embeddings the last stage's copy of the output
+    weight is skipped: the first stage sends the embedding, which is the same tensor."""
     seen = set()
     for chunk in chunks:
         model = unwrap(chunk)
         params = dict(model.named_parameters())
         for local, name in global_names(model).items():
+            if mapping.tied and name == "output_layer.weight":
+                continue
             rule = mapping.rule(name)
             shards = _gather_tp(params[local], rule.kind == "replicated")
             for hf_name, tensor in mapping.to_hf(name, shards):
@@ -81,19 +83,26 @@ def _stage_sources() -> list[int]:
 def collect_on_rank0(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """On global rank 0, yield every HF tensor of the model, stage by stage; elsewhere, send and yield nothing.
 
-    All ranks must consume the iterator (it drives the collectives).
+    All ranks must consume the iterator (it drives the collectives). Data-parallel replicas hold the same
+    weights, so only DP rank 0 of each stage gathers; rank 0's own stage is streamed, other stages' first
+    TP rank sends its tensors to rank 0 point to point.
     """
+    from megatron.core import parallel_state
+
     rank = dist.get_rank()
-    local = list(stage_hf_tensors(chunks, mapping, dtype))
-    for src in _stage_sources():
-        if src == 0:
-            if rank == 0:
-                yield from local
-            continue
-        if rank == src:
+    gathers = parallel_state.get_data_parallel_rank() == 0
+    stage = parallel_state.get_pipeline_model_parallel_rank()
+    for s, src in enumerate(_stage_sources()):
+        if rank == src == 0:
+            yield from stage_hf_tensors(chunks, mapping, dtype)
+        elif rank == src:
+            local = list(stage_hf_tensors(chunks, mapping, dtype))
             dist.send_object_list([[(n, t.shape, t.dtype) for n, t in local]], dst=0)
             for _, tensor in local:
                 dist.send(tensor.contiguous(), dst=0)
+        elif gathers and stage == s:  # a TP peer of this stage's source: take part in its all-gathers
+            for _ in stage_hf_tensors(chunks, mapping, dtype):
+                pass
         elif rank == 0:
             meta = [None]
             dist.recv_object_list(meta, src=src)
