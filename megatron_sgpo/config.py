@@ -131,6 +131,12 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
 
+    def __post_init__(self):
+        if self.optim.distributed_optimizer and self.train.checkpoint_every:
+            raise ValueError("optim.distributed_optimizer=true cannot be checkpointed by the RL loop yet (its sharded "
+                             "Adam state is not restored exactly): set train.checkpoint_every=0, or "
+                             "optim.distributed_optimizer=false")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -90,3 +90,9 @@ def test_scalars_are_coerced_to_the_field_type():
     assert cfg.data.train_file == "12"
     with pytest.raises(ValueError, match=r"config key train.steps: 'many' is not a int"):
         load_config(None, ["train.steps=many"])
+
+
+def test_distributed_optimizer_with_checkpoints_is_refused_until_supported():
+    with pytest.raises(ValueError, match=r"optim.distributed_optimizer=true cannot be checkpointed"):
+        load_config(None, ["optim.distributed_optimizer=true"])
+    assert load_config(None, ["optim.distributed_optimizer=true", "train.checkpoint_every=0"]).optim.distributed_optimizer
