@@ -2,16 +2,15 @@
 
 Reading: safetensors only (single file or sharded with ``model.safetensors.index.json``), opened
 lazily so a 70B model is never held twice in memory. Pickle ``.bin`` checkpoints are refused:
-unpickling runs arbitrary code. Writing: sharded safetensors plus index, config and tokenizer files,
-into a temporary folder renamed into place at the end, so a failure leaves no partial output.
+unpickling runs arbitrary code. Writing: sharded safetensors plus index, config and tokenizer files
+(the converters write into a temporary folder renamed into place at the end, so a failure leaves no
+partial output).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 from safetensors import safe_open
@@ -89,26 +88,6 @@ def copy_side_files(src: str, dst: str) -> list[str]:
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
             copied.append(name)
     return copied
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str, overwrite: bool = False):
-    """Yield a temporary folder beside ``final``; rename it to ``final`` only if the block succeeds."""
-    final = os.path.abspath(final)
-    if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"output {final} already exists (pass overwrite to replace it)")
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the output is an ordinary folder
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 class ShardedWriter:

@@ -1,7 +1,8 @@
 """Test helpers: a tiny random Llama with a word-level tokenizer, and free ports."""
-import socket
 
 import torch
+
+from megatron_sgpo.platform.dist import free_port  # noqa: F401  (used by the rollout tests)
 
 VOCAB = 256
 
@@ -26,8 +27,3 @@ def build_tiny_model(path: str, seed: int = 0, **overrides) -> str:
                             eos_token="</s>").save_pretrained(path)
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
