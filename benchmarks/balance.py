@@ -27,7 +27,9 @@ import time
 
 import numpy as np
 
-from megatron_sgpo.batch import CostModel, ParallelLayout, make_batches, pad_length, plan_from_assignment
+from megatron_sgpo.batch import CostModel, make_batches, pad_length, plan_from_assignment
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
 LLAMA_8B = dict(hidden=4096, layers=32, heads=32, head_dim=128, ffn=14336, vocab=128256, kv_heads=8)
 
@@ -71,7 +73,7 @@ def equal_size_kk(weights, k):
 
 
 def compare(args):
-    cost = CostModel.from_dims(**LLAMA_8B)
+    cost = CostModel.from_shape(ModelShape(**LLAMA_8B))
     rows = []
     for dp in (2, 8, 64):
         for mode in ("padded", "packed"):
@@ -109,7 +111,7 @@ def compare(args):
 
 
 def time_large(args):
-    cost = CostModel.from_dims(**LLAMA_8B)
+    cost = CostModel.from_shape(ModelShape(**LLAMA_8B))
     rng = np.random.default_rng(args.seed + 1)
     prompts = 1
     lengths, groups = sgpo_step(rng, 1, args.beta_a, args.beta_b, args.max_len)

@@ -25,7 +25,7 @@ def run(mode: str, seed: int, args, extra: list[str]) -> dict:
         cmd = [sys.executable, "-m", "megatron_sgpo.cli", "quickstart", f"run.output_dir={out}", f"run.mode={mode}",
                f"run.seed={seed}", f"data.size={args.prompts}", f"data.eval_size={args.eval_size}",
                f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", f"train.epochs={args.epochs}",
-               "train.checkpoint_every=0", f"train.grpo_n={args.grpo_n}", *extra]
+               "train.checkpoint_every=0", f"plan.fixed_n={args.grpo_n}", *extra]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(summary) as f:
         return json.load(f)

@@ -1,8 +1,8 @@
 """``sgpo`` command line: train, profile, serve, plan.
 
 ``sgpo train --config FILE key.sub=value ...`` runs the RL loop (under torchrun for several ranks,
-or as one process). ``sgpo quickstart`` is ``sgpo train`` with examples/quickstart.yaml's settings
-built in, for a first run on a CPU machine.
+or as one process). ``sgpo quickstart`` is ``sgpo train`` with the settings of
+``megatron_sgpo/assets/quickstart.yaml``, for a first run on a CPU machine.
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ QUICKSTART = os.path.join(os.path.dirname(__file__), "assets", "quickstart.yaml"
 
 
 def _train(args) -> int:
-    from megatron_sgpo.config import load_config
+    from megatron_sgpo.config import ConfigError, load_config
 
     overrides = list(args.overrides)
     if args.command == "profile":
         overrides += ["train.steps=0", "data.eval_size=0"]
     cfg = load_config(args.config, overrides)  # validated before any process group or model exists
     if args.command == "profile" and cfg.run.mode != "sgpo":
-        raise ValueError(f"sgpo profile needs run.mode=sgpo, got {cfg.run.mode}")
-    from megatron_sgpo.trainer import Trainer
+        raise ConfigError(f"config key run.mode: sgpo profile needs run.mode=sgpo, got {cfg.run.mode}")
+    from megatron_sgpo.loop.trainer import Trainer
 
     Trainer(cfg).run()
     return 0
@@ -57,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="serve an HF checkpoint with SGLang's HTTP protocol (sgpo serve --help)")
     sub.add_parser("plan", help="rank cluster layouts for a model (sgpo plan --help)")
     args = parser.parse_args(argv)
-    from megatron_sgpo.trainer import RankZeroError
+    from megatron_sgpo.config import ConfigError
+    from megatron_sgpo.loop.build import InputError
+    from megatron_sgpo.platform.dist import RankZeroError
 
     try:
         return _train(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # config and data errors: one clear line
+    except ConfigError as exc:  # one clear line naming the key; nothing has run
+        print(f"sgpo {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:  # a dataset or checkpoint that cannot be used; nothing has run
         print(f"sgpo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RankZeroError as exc:  # a rollout, profiling or evaluation failure, seen by every rank

@@ -1,7 +1,11 @@
 """One config object per run: a dataclass tree read from YAML, with dotted command-line overrides.
 
-Every section is validated when built (the section dataclasses check their own fields), and
-unknown keys are errors that name the dotted key, so a typo fails before any compute.
+Every section validates its own fields (enumerations are ``Literal`` annotations, checked
+generically), unknown keys are errors that name the dotted key, and :func:`load_config` refuses,
+before any compute, every setting that cannot run: moved keys (naming their new place),
+contradictions of the ``run.mode`` preset, settings that are not implemented yet, and plug-ins that
+do not resolve. :func:`check_platform` adds what this machine cannot run (CUDA-only features) or
+cannot find (files).
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import yaml
 
@@ -16,45 +21,45 @@ from megatron_sgpo.algo.grsp import GRSPConfig
 from megatron_sgpo.algo.loss import LossConfig
 from megatron_sgpo.algo.plan import PlanConfig
 from megatron_sgpo.algo.posterior import OnlinePosteriorConfig
-from megatron_sgpo.platform.dist import ParallelSizes
-from megatron_sgpo.train.model import ModelOptions
+from megatron_sgpo.algo.select import SelectionConfig
+from megatron_sgpo.choices import check_choices, literal_values
+from megatron_sgpo.model.build import ModelOptions
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.policy import OptimConfig
 
-MODES = ("sgpo", "grpo", "dapo")
-SELECTIONS = ("none", "zero_variance", "cost_aware")
+
+class ConfigError(ValueError):
+    """A run config that cannot run; the message names the dotted key."""
 
 
 @dataclass(frozen=True)
 class RunSection:
     output_dir: str = "runs/quickstart"
     seed: int = 0
-    mode: str = "sgpo"  # sgpo | grpo (fixed n, no filter, shuffled) | dapo (grpo + dynamic sampling)
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"run.mode must be one of {MODES}, got {self.mode!r}")
+    mode: Literal["sgpo", "grpo", "dapo"] = "sgpo"  # a preset, see PRESETS
 
 
 @dataclass(frozen=True)
 class ModelSection:
     hf_path: str = ""  # empty: the task's bundled policy
-    parallel: ParallelSizes = field(default_factory=ParallelSizes)
+    parallel: ParallelLayout = field(default_factory=ParallelLayout)
     options: ModelOptions = field(default_factory=ModelOptions)
 
 
 @dataclass(frozen=True)
 class DataSection:
-    task: str = "arith"  # registered task, gym:<name>, or "jsonl" with train_file
+    task: str = "arith"  # built-in task, gym:<name>, "jsonl" (with train_file), or package.module:TASK
     train_file: str = ""
     eval_file: str = ""
-    verifier: str = ""  # default: the task's verifier
+    verifier: str = ""  # built-in name or package.module:function; default: the task's verifier
     size: int = 200
     eval_size: int = 100
     seed: int = 0
+    chat_template: Literal["auto", "always", "never"] = "auto"  # auto: when the tokenizer has one
+    system_prompt: str = ""  # the system turn of the chat template
 
     def __post_init__(self):
-        if self.task == "jsonl" and not self.train_file:
-            raise ValueError("data.task=jsonl needs data.train_file")
+        check_choices(self)
         if self.size < 1 or self.eval_size < 0:
             raise ValueError(f"data.size must be >= 1 and data.eval_size >= 0, got {self.size}, {self.eval_size}")
 
@@ -72,25 +77,29 @@ class ProfileSection:
 
 @dataclass(frozen=True)
 class RolloutSection:
-    engine: str = "local"  # local (in-process) | sglang (url) | serve (our HTTP server, url)
+    engine: str = "local"  # a rollout.engine.ENGINES name (local | sglang | serve) or package.module:factory
     url: str = ""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
     max_new_tokens: int = 8
     stop: tuple = ()
-    bucket_mb: int = 256
+    bucket_mb: int = 256  # weight-sync bucket size
     tp_size: int = 1  # the SGLang server's --tp-size (weights are sent once per engine TP rank)
-    weight_sync: str = "tensor"  # tensor (colocated, CUDA IPC) | distributed (NCCL broadcast from rank 0)
+    weight_sync: Literal["tensor", "distributed"] = "tensor"
     release_memory: bool = True  # free the engine's GPU memory while the trainer runs (colocated)
 
     def __post_init__(self):
-        if self.weight_sync not in ("tensor", "distributed"):
-            raise ValueError(f"rollout.weight_sync must be tensor or distributed, got {self.weight_sync!r}")
-        if self.engine not in ("local", "sglang", "serve"):
-            raise ValueError(f"rollout.engine must be local, sglang or serve, got {self.engine!r}")
-        if self.engine != "local" and not self.url:
-            raise ValueError(f"rollout.engine={self.engine} needs rollout.url")
+        check_choices(self)
+        if self.bucket_mb < 1:
+            raise ValueError(f"rollout.bucket_mb must be >= 1, got {self.bucket_mb}")
+
+    def sampling(self, seed: int, temperature: float | None = None):
+        """The engine's SamplingParams for these settings (``temperature`` overrides, e.g. 0 for greedy)."""
+        from megatron_sgpo.rollout.engine import SamplingParams
+
+        return SamplingParams(temperature=self.temperature if temperature is None else temperature, top_p=self.top_p,
+                              top_k=self.top_k, max_new_tokens=self.max_new_tokens, stop=tuple(self.stop), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -98,21 +107,14 @@ class TrainSection:
     steps: int = 20
     prompts_per_step: int = 8
     epochs: int = 1
-    grpo_n: int = 8  # group size of the grpo/dapo baselines
     max_tokens_per_micro_batch: int = 2048
-    selection: str = "none"  # none | zero_variance | cost_aware
-    cost_aware_draws: int = 0  # 0: as many draws as samples
-    cost_aware_mix: float = 0.0
     eval_every: int = 5
     checkpoint_every: int = 5
-    log_every: int = 1
 
     def __post_init__(self):
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"train.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.steps < 0:
             raise ValueError(f"train.steps must be >= 0, got {self.steps}")
-        for name in ("prompts_per_step", "epochs", "grpo_n", "max_tokens_per_micro_batch"):
+        for name in ("prompts_per_step", "epochs", "max_tokens_per_micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -125,6 +127,7 @@ class RunConfig:
     profile: ProfileSection = field(default_factory=ProfileSection)
     plan: PlanConfig = field(default_factory=PlanConfig)
     online: OnlinePosteriorConfig = field(default_factory=OnlinePosteriorConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     loss: LossConfig = field(default_factory=LossConfig)
     grsp: GRSPConfig = field(default_factory=lambda: GRSPConfig(coef=0.0))  # segment length penalty, off at 0
@@ -132,39 +135,139 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self):
-        if self.optim.distributed_optimizer and self.train.checkpoint_every:
-            raise ValueError("optim.distributed_optimizer=true cannot be checkpointed by the RL loop yet (its sharded "
-                             "Adam state is not restored exactly): set train.checkpoint_every=0, or "
-                             "optim.distributed_optimizer=false")
+        _check_run(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+# run.mode is a preset: grpo and dapo train every prompt with plan.fixed_n rollouts (no profiling);
+# dapo also drops groups whose rewards are all equal. A preset's keys may be left out or repeated,
+# never contradicted.
+PRESETS: dict[str, dict[str, object]] = {"sgpo": {}, "grpo": {}, "dapo": {"selection.zero_variance": True}}
+
+MOVED = {
+    "online.online": "online.enabled",
+    "train.grpo_n": "plan.fixed_n",
+    "train.selection": "selection.zero_variance and selection.cost_aware (booleans)",
+    "train.cost_aware_draws": "selection.cost_aware_draws",
+    "train.cost_aware_mix": "selection.cost_aware_mix",
+    "model.options.fp8": "model.parallel.fp8",
+    "model.options.fp8_recipe": "model.parallel.fp8_recipe",
+}
+REMOVED = {"train.log_every": "every step is logged (steps.jsonl and TensorBoard); the key never did anything"}
+
+
+def _refuse(key: str, why: str) -> None:
+    raise ConfigError(f"config key {key}: {why}")
+
+
+def _check_run(cfg: RunConfig) -> None:
+    """Rules across sections, and settings accepted by their section that a run cannot carry out yet."""
+    from megatron_sgpo.plugins import PluginError
+    from megatron_sgpo.rollout.engine import ENGINES
+    from megatron_sgpo.tasks.registry import get_task
+    from megatron_sgpo.tasks.verifiers import VERIFIERS
+
+    if cfg.loss.kl_coef > 0:
+        _refuse("loss.kl_coef", "KL needs a reference model, which is not implemented yet; set it to 0")
+    if cfg.rollout.weight_sync == "distributed":
+        _refuse("rollout.weight_sync", "'distributed' is not wired into the loop yet (the trainer-engine broadcast "
+                                       "group is never created); use 'tensor'")
+    if cfg.model.parallel.cp > 1:
+        _refuse("model.parallel.cp", "context parallelism is not implemented: micro-batches are not split over "
+                                     "context-parallel ranks (and megatron's local attention on CPU cannot shard a "
+                                     "sequence); use cp=1")
+    if cfg.optim.distributed_optimizer and cfg.train.checkpoint_every:
+        _refuse("optim.distributed_optimizer", "the RL loop cannot checkpoint the distributed optimizer yet (its "
+                                               "sharded Adam state is not restored exactly): set "
+                                               "train.checkpoint_every=0, or optim.distributed_optimizer=false")
+    if cfg.online.enabled and cfg.run.mode != "sgpo":
+        _refuse("online.enabled", f"posteriors start from the profile, which only run.mode=sgpo makes "
+                                  f"(run.mode={cfg.run.mode})")
+    if cfg.data.system_prompt and cfg.data.chat_template == "never":
+        _refuse("data.system_prompt", "a system prompt needs the chat template (data.chat_template=never)")
+    if cfg.data.task == "jsonl" and not cfg.data.train_file:
+        _refuse("data.train_file", "data.task=jsonl reads its prompts from data.train_file, which is empty")
+    try:
+        ENGINES.resolve(cfg.rollout.engine)
+    except PluginError as exc:
+        _refuse("rollout.engine", str(exc))
+    if cfg.rollout.engine in ("sglang", "serve") and not cfg.rollout.url:
+        _refuse("rollout.url", f"rollout.engine={cfg.rollout.engine} talks to a server at rollout.url, which is empty")
+    task_verifier = None
+    if cfg.data.task != "jsonl":
+        try:
+            task_verifier = get_task(cfg.data.task).verifier
+        except PluginError as exc:
+            _refuse("data.task", str(exc))
+    if not (cfg.data.verifier or task_verifier):
+        _refuse("data.verifier", f"data.task={cfg.data.task} has no verifier of its own: name one (e.g. math, exact, "
+                                 "gym, or package.module:function)")
+    try:
+        VERIFIERS.resolve(cfg.data.verifier or task_verifier)
+    except PluginError as exc:
+        _refuse("data.verifier", str(exc))
+
+
+def check_platform(cfg: RunConfig) -> None:
+    """Refuse, before any process group or model exists, what this machine cannot run or cannot find.
+
+    Kept apart from :func:`load_config` so that a GPU recipe can be validated on a CPU machine."""
+    import torch
+
+    from megatron_sgpo.model.build import use_transformer_engine
+    from megatron_sgpo.platform import te
+
+    for key in ("model.hf_path", "data.train_file", "data.eval_file"):
+        section, name = key.split(".")
+        path = getattr(getattr(cfg, section), name)
+        if path and not os.path.exists(path):
+            _refuse(key, f"{path} does not exist")
+    p = cfg.model.parallel
+    if p.sequence_parallel and not use_transformer_engine():
+        _refuse("model.parallel.sequence_parallel", "needs Transformer Engine on a CUDA GPU: megatron's local layer "
+                                                    "spec (used without them) refuses sequence parallelism")
+    if p.fp8 and not use_transformer_engine():
+        _refuse("model.parallel.fp8",
+                f"needs Transformer Engine and a CUDA GPU ({te.unavailable_reason() or 'no GPU'})")
+    if p.vpp and not torch.cuda.is_available():
+        _refuse("model.parallel.vpp", "virtual pipeline stages fail on gloo (CPU) when micro-batches differ in "
+                                      "shape, as every RL step's do")
+
+
+# ---------------------------------------------------------------------- YAML -> dataclasses
 def _build(cls, data, path: str):
     """Instantiate dataclass ``cls`` from a dict, recursively, naming bad keys by their dotted path."""
     if not isinstance(data, dict):
-        raise ValueError(f"config section {path or '<root>'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config section {path or '<root>'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
-        raise ValueError(f"unknown config key(s): {where}")
+        raise ConfigError(f"unknown config key(s): {where}")
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
         dotted = f"{path}.{key}" if path else key
+        allowed = literal_values(hint)
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, dotted)
+        elif allowed is not None:
+            if value not in allowed:
+                raise ConfigError(f"config key {dotted}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            kwargs[key] = value
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
             kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         else:
             kwargs[key] = _coerce(hint, value, dotted)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"invalid config section {path or '<root>'}: {exc}") from None
+        raise ConfigError(f"invalid config section {path or '<root>'}: {exc}") from None
 
 
 def _coerce(hint, value, dotted: str):
@@ -183,7 +286,16 @@ def _coerce(hint, value, dotted: str):
             return converted
     if str in allowed:
         return str(value)
-    raise ValueError(f"config key {dotted}: {value!r} is not a {' or '.join(a.__name__ for a in allowed)}")
+    raise ConfigError(f"config key {dotted}: {value!r} is not a {' or '.join(a.__name__ for a in allowed)}")
+
+
+def _get_dotted(tree: dict, dotted: str):
+    node = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
@@ -192,8 +304,26 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted}: {key} is not a section")
+            raise ConfigError(f"override {dotted}: {key} is not a section")
     node[keys[-1]] = value
+
+
+def _check_moved(tree: dict) -> None:
+    for old, new in MOVED.items():
+        if _get_dotted(tree, old) is not None:
+            raise ConfigError(f"config key {old} has moved: use {new}")
+    for old, why in REMOVED.items():
+        if _get_dotted(tree, old) is not None:
+            raise ConfigError(f"config key {old} was removed: {why}")
+
+
+def _apply_preset(tree: dict) -> None:
+    mode = _get_dotted(tree, "run.mode") or RunSection.mode
+    for key, value in PRESETS.get(mode, {}).items():
+        given = _get_dotted(tree, key)
+        if given is not None and given != value:
+            raise ConfigError(f"config key {key}={given!r} contradicts run.mode={mode}, which sets it to {value!r}")
+        _set_dotted(tree, key, value)
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -201,14 +331,16 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> RunConfig
     tree: dict = {}
     if path:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist")
         with open(path) as f:
             tree = yaml.safe_load(f) or {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    _check_moved(tree)
+    _apply_preset(tree)
     return _build(RunConfig, tree, "")
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from megatron_sgpo.algo.ledger import ModelDims, inference_flops, logprob_flops, training_flops
 from megatron_sgpo.bench.throughput import Workload, llama_config, peak_tflops, rates, step_flops
+from megatron_sgpo.model.flops import ModelShape, inference_flops, logprob_flops, training_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "benchmark_throughput.py")
@@ -40,11 +40,11 @@ def test_rates_take_the_median_and_give_mfu_only_with_a_peak():
 
 def test_step_flops_are_the_ledger_formula_per_sequence():
     cfg = llama_config(64, 3, 4, 2, 160, 500)
-    dims = ModelDims.from_hf_config(cfg)
+    shape = ModelShape.from_hf_config(cfg)
     w = Workload(batch=6, prompt_len=10, response_len=22)
-    f = step_flops(dims, w)
-    assert f["training"] == 6 * training_flops(dims, 32) == 3 * f["logprob"]
-    assert f["logprob"] == 6 * logprob_flops(dims, 32)
+    f = step_flops(shape, w)
+    assert f["training"] == 6 * training_flops(shape, 32) == 3 * f["logprob"]
+    assert f["logprob"] == 6 * logprob_flops(shape, 32)
     with pytest.raises(ValueError):
         Workload(batch=0)
     with pytest.raises(ValueError):
@@ -69,7 +69,7 @@ def test_tiny_run_reports_consistent_figures(tmp_path):
     rep = json.loads(out.read_text())
     assert "train" in proc.stdout and "plain copy" in proc.stdout  # the table was printed
 
-    dims = ModelDims.from_hf_config(llama_config(**flags))
+    shape = ModelShape.from_hf_config(llama_config(**flags))
     assert (rep["world_size"], rep["tp"], rep["dp"], rep["device"]) == (1, 1, 1, "cpu")
     assert rep["peak_tflops"] is None
     for phase in ("train", "logprob"):
@@ -77,13 +77,13 @@ def test_tiny_run_reports_consistent_figures(tmp_path):
         assert r["tokens"] == 4 * 11 and len(r["seconds_all"]) == 2
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds_median"])
         assert "mfu" not in r  # CPU: no peak, no MFU
-    assert rep["train"]["flops"] == 4 * training_flops(dims, 11)
-    assert rep["logprob"]["flops"] == 4 * logprob_flops(dims, 11)
+    assert rep["train"]["flops"] == 4 * training_flops(shape, 11)
+    assert rep["logprob"]["flops"] == 4 * logprob_flops(shape, 11)
     # no EOS in the random-init config: every sample runs to max_new_tokens
     assert rep["rollout"]["tokens"] == 2 * 3 * 5 and rep["rollout"]["sequences"] == 6
-    assert rep["rollout"]["flops"] == 6 * inference_flops(dims, 6, 5)
+    assert rep["rollout"]["flops"] == 6 * inference_flops(shape, 6, 5)
     # the sync moves every HF tensor once, in fp32 on CPU, and the copy baseline covers the same bytes
     s = rep["sync"]
-    assert s["bytes"] == 4 * dims.total_params == s["copy_bytes"]
+    assert s["bytes"] == 4 * shape.total_params() == s["copy_bytes"]
     assert s["tensors"] == 2 + 1 + 9 * 2  # embed, lm_head, final norm + 9 tensors per layer
     assert s["ratio_to_copy"] == pytest.approx(s["GBps"] / s["copy_GBps"])

@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from megatron_sgpo.weights.convert import portable_vocab_size, vocab_divisor
-from megatron_sgpo.weights.hf_io import HFCheckpoint, ShardedWriter
+from megatron_sgpo.model.convert import portable_vocab_size, vocab_divisor
+from megatron_sgpo.model.hf_io import HFCheckpoint, ShardedWriter
 from tests.conftest import FAMILIES
 from tests.distributed import load, torchrun
 

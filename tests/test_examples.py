@@ -7,7 +7,7 @@ import re
 import pytest
 
 from megatron_sgpo.config import load_config
-from megatron_sgpo.train.model import load_hf_config, validate_layout
+from megatron_sgpo.model.hf_config import load_hf_config, validate_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -49,21 +49,25 @@ def test_single_node_layout_fits_qwen_7b_on_8_gpus():
 
 
 def test_multi_node_layout_is_the_planners_feasible_one():
-    from megatron_sgpo.cluster import EngineLayout, Placement, Planner, TrainLayout, load_inputs
+    from dataclasses import replace
+
+    from megatron_sgpo.cluster import EngineLayout, Placement, Planner, TrainSetup, load_inputs
+    from megatron_sgpo.platform.layout import ParallelLayout
 
     cfg = load_config(os.path.join(EXAMPLES, "multi_node", "llama-3.3-70b.yaml"))
     world = _launcher_world(os.path.join(EXAMPLES, "multi_node", "node.sh"))
     p = cfg.model.parallel
     assert world == 64
     validate_layout(load_hf_config(LLAMA_70B), p, world)
-    dp = p.data_parallel_size(world)
+    layout = ParallelLayout(tp=p.tp, pp=p.pp, cp=p.cp, dp=p.data_parallel_size(world),
+                            sequence_parallel=p.sequence_parallel)
     planner = Planner(load_inputs(LLAMA_70B, os.path.join(EXAMPLES, "clusters", "h100-8x8-grpo-70b.yaml")))
     recompute = cfg.model.options.recompute or "none"
-    cand = planner.evaluate(TrainLayout(tp=p.tp, pp=p.pp, dp=dp, cp=p.cp, sequence_parallel=p.sequence_parallel,
-                                        recompute=recompute), EngineLayout(tp=8, engines=8), Placement(True, 8, 8))
+    cand = planner.evaluate(TrainSetup(layout, recompute=recompute), EngineLayout(tp=8, engines=8),
+                            Placement(True, 8, 8))
     assert cand.feasible, cand.as_dict()
     # the same layout without sequence parallelism is the one the planner rejects for memory
-    no_sp = planner.evaluate(TrainLayout(tp=p.tp, pp=p.pp, dp=dp, cp=p.cp, sequence_parallel=False),
+    no_sp = planner.evaluate(TrainSetup(replace(layout, sequence_parallel=False)),
                              EngineLayout(tp=8, engines=8), Placement(True, 8, 8))
     assert not no_sp.feasible
     script = open(os.path.join(EXAMPLES, "multi_node", "node.sh")).read()

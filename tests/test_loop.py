@@ -129,7 +129,7 @@ def test_dataset_row_without_answer_fails_before_any_compute(tmp_path):
 def test_online_posteriors_replan_group_sizes(tmp_path):
     """With online posteriors, a prompt's next appearance is sized from its updated posterior."""
     out = str(tmp_path / "online")
-    sgpo_train(out, nproc=1, extra=["online.online=true", "online.reprofile_every=2", "train.epochs=2",
+    sgpo_train(out, nproc=1, extra=["online.enabled=true", "online.reprofile_every=2", "train.epochs=2",
                                     "train.steps=8", "data.size=30"])
     with open(os.path.join(out, "profile.json")) as f:
         p_hat = {p["prompt_id"]: p["successes"] / p["samples"] for p in json.load(f)["profiles"]}
@@ -153,7 +153,7 @@ def test_online_posteriors_replan_group_sizes(tmp_path):
 
 def test_grpo_baseline_has_fixed_groups_and_no_profiling(tmp_path):
     out = str(tmp_path / "grpo")
-    sgpo_train(out, nproc=1, extra=["run.mode=grpo", "train.grpo_n=4", "train.steps=2"])
+    sgpo_train(out, nproc=1, extra=["run.mode=grpo", "plan.fixed_n=4", "train.steps=2"])
     assert not os.path.exists(os.path.join(out, "profile.json"))
     steps = read_steps(out)
     assert all(n == 4 for s in steps for n in s["group_sizes"])
@@ -163,8 +163,8 @@ def test_grpo_baseline_has_fixed_groups_and_no_profiling(tmp_path):
 
 def test_dapo_with_cost_aware_selection_trains_the_drawn_samples(tmp_path):
     out = str(tmp_path / "dapo")
-    sgpo_train(out, nproc=1, extra=["run.mode=dapo", "train.grpo_n=4", "train.steps=3", "train.selection=cost_aware",
-                                    "train.cost_aware_draws=5"])
+    sgpo_train(out, nproc=1, extra=["run.mode=dapo", "plan.fixed_n=4", "train.steps=3", "selection.cost_aware=true",
+                                    "selection.cost_aware_draws=5"])
     for s in read_steps(out):
         # groups with all-equal rewards are dropped first; then exactly 5 draws if anything is left
         assert s["trained_samples"] in (0, 5)
@@ -177,7 +177,7 @@ def test_grsp_penalty_changes_advantages_only_when_on(tmp_path):
     runs = {}
     for name, extra in {"off": [], "on": ["grsp.coef=0.5", "grsp.target=reward", "grsp.logprob_threshold=-0.5"]}.items():
         out = str(tmp_path / name)
-        sgpo_train(out, nproc=1, extra=["run.mode=grpo", "train.grpo_n=4", "train.steps=1", *extra])
+        sgpo_train(out, nproc=1, extra=["run.mode=grpo", "plan.fixed_n=4", "train.steps=1", *extra])
         runs[name] = read_steps(out)[0]
     assert runs["on"]["prompts"] == runs["off"]["prompts"] and runs["on"]["reward_mean"] == runs["off"]["reward_mean"]
     assert runs["on"]["train/pg_loss_sum"] != pytest.approx(runs["off"]["train/pg_loss_sum"], abs=1e-9)
@@ -190,7 +190,7 @@ def test_verifier_failing_on_every_item_stops_all_ranks_with_a_clear_error(tmp_p
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out}",
-           "run.mode=grpo", "train.grpo_n=2", "data.task=jsonl", f"data.train_file={data}", "data.verifier=gym",
+           "run.mode=grpo", "plan.fixed_n=2", "data.task=jsonl", f"data.train_file={data}", "data.verifier=gym",
            f"model.hf_path={BUNDLED_POLICY}", "train.steps=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

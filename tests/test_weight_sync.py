@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megatron_sgpo.weights.reshard import buckets
+from megatron_sgpo.weights.sync import buckets
 from tests.distributed import load, torchrun
 
 

@@ -60,7 +60,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def hf_config_of(a) -> dict:
     from megatron_sgpo.bench.throughput import llama_config
-    from megatron_sgpo.train.model import load_hf_config
+    from megatron_sgpo.model.hf_config import load_hf_config
 
     if a.model:
         return load_hf_config(a.model)

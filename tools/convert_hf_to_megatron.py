@@ -22,16 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 
-    from megatron_sgpo.platform.dist import ParallelSizes
-    from megatron_sgpo.weights.convert import hf_to_megatron, run_tool
+    from megatron_sgpo.model.convert import hf_to_megatron, run_tool
+    from megatron_sgpo.platform.layout import ParallelLayout
 
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp)
 
     def convert():
-        return hf_to_megatron(a.hf_dir, a.out_dir, sizes, a.make_vocab_size_divisible_by,
+        return hf_to_megatron(a.hf_dir, a.out_dir, layout, a.make_vocab_size_divisible_by,
                               overwrite=a.overwrite, progress=not a.no_progress)
 
-    return run_tool("convert_hf_to_megatron", sizes, convert)
+    return run_tool("convert_hf_to_megatron", layout, convert)
 
 
 if __name__ == "__main__":

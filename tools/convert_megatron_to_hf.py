@@ -32,16 +32,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 
-    from megatron_sgpo.platform.dist import ParallelSizes
-    from megatron_sgpo.weights.convert import megatron_to_hf, run_tool
+    from megatron_sgpo.model.convert import megatron_to_hf, run_tool
+    from megatron_sgpo.platform.layout import ParallelLayout
 
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp)
 
     def convert():
-        return megatron_to_hf(a.megatron_dir, a.out_dir, sizes, a.max_shard_size,
+        return megatron_to_hf(a.megatron_dir, a.out_dir, layout, a.max_shard_size,
                               overwrite=a.overwrite, progress=not a.no_progress)
 
-    return run_tool("convert_megatron_to_hf", sizes, convert)
+    return run_tool("convert_megatron_to_hf", layout, convert)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
+
+from megatron_sgpo.choices import check_choices
 
 DEFAULT_CUES = ("Wait", "Alternatively", "But", "So", "Therefore", "Hmm", "However")
 
@@ -28,23 +30,18 @@ class GRSPConfig:
 
     cues: tuple[str, ...] = DEFAULT_CUES
     split_on_paragraph: bool = True
-    logprob_threshold: float | None = None
+    logprob_threshold: Optional[float] = None
     num_clusters: int = 3
-    cluster_method: str = "kmeans"
-    weighting: str = "descending"
+    cluster_method: Literal["kmeans", "quantile"] = "kmeans"
+    weighting: Literal["descending", "ascending"] = "descending"
     coef: float = 0.1
-    target: str = "advantage"
+    target: Literal["advantage", "reward"] = "advantage"
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
-        if self.cluster_method not in ("kmeans", "quantile"):
-            raise ValueError(f"cluster_method must be 'kmeans' or 'quantile', got {self.cluster_method!r}")
-        if self.weighting not in ("descending", "ascending"):
-            raise ValueError(f"weighting must be 'descending' or 'ascending', got {self.weighting!r}")
-        if self.target not in ("advantage", "reward"):
-            raise ValueError(f"target must be 'advantage' or 'reward', got {self.target!r}")
         if self.coef < 0:
             raise ValueError(f"coef must be >= 0, got {self.coef}")
 

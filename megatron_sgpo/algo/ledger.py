@@ -1,109 +1,12 @@
 """Compute ledger: FLOPs and tokens of profiling, rollout, training and log-prob passes.
 
-sGPO's claim is about *total* compute, profiling included, so every phase is
-accounted with one formula and the totals are checkpointed with the run.
-
-FLOPs of one forward pass over a sequence of T tokens (prompt + response):
-
-    forward(T) = 2 * N * T + attn(T),   attn(T) = 2 * L * d_attn * T * (T + 1)
-
-N is the matmul parameter count below (LM head included, embedding lookup
-excluded), L the number of layers, d_attn = heads * head_dim. attn(T) is the
-exact causal count: token t attends t positions, QK^T and AV each cost
-2 * d_attn * t per layer, so sum_t 4 * L * d_attn * t. Per token this is
-2 * L * d_attn * (T + 1), Kaplan et al.'s 2 * n_layer * n_ctx * d_attn.
-Generation with a KV cache does the same arithmetic, so inference = forward(T);
-training = 3 * forward(T) (backward is twice the forward, i.e. 6N per token
-plus 3x attention); an extra old/reference log-prob pass = forward(T).
+sGPO's claim is about *total* compute, profiling included, so every phase is booked with the
+ledger convention of :mod:`megatron_sgpo.model.flops` (exact causal attention, one formula for
+every phase) and the totals are checkpointed with the run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 PHASES = ("profiling", "rollout", "training", "logprob")
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    hidden: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    ffn_hidden: int
-    vocab_size: int
-    tied_embeddings: bool = False
-    gated_mlp: bool = True
-    qkv_bias: bool = False
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelDims":
-        """Read a Hugging Face ``config.json`` dict (Llama, Qwen2/3, Mistral field names)."""
-        hidden = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        head_dim = cfg.get("head_dim") or hidden // heads
-        return cls(
-            hidden=hidden,
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            ffn_hidden=int(cfg["intermediate_size"]),
-            vocab_size=int(cfg["vocab_size"]),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            gated_mlp=cfg.get("hidden_act", "silu") in ("silu", "swiglu"),
-            qkv_bias=bool(cfg.get("attention_bias", False)) or cfg.get("model_type") == "qwen2",
-        )
-
-    @property
-    def d_attn(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def layer_params(self) -> int:
-        """q, k, v, o projections (+ q/k/v bias), MLP (3 matrices if gated, else 2), two norms."""
-        h, hd = self.hidden, self.head_dim
-        attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        if self.qkv_bias:
-            attn += hd * (self.num_heads + 2 * self.num_kv_heads)
-        mlp = (3 if self.gated_mlp else 2) * h * self.ffn_hidden
-        return attn + mlp + 2 * h
-
-    @property
-    def non_embedding_params(self) -> int:
-        """N for the FLOP formulas: layers + final norm + LM head (a matmul even when tied)."""
-        return self.num_layers * self.layer_params + self.hidden + self.hidden * self.vocab_size
-
-    @property
-    def total_params(self) -> int:
-        """Stored parameters: N plus the input embedding unless it is tied to the LM head."""
-        return self.non_embedding_params + (0 if self.tied_embeddings else self.hidden * self.vocab_size)
-
-
-def attention_flops(dims: ModelDims, seq_len: int) -> int:
-    """2 * L * d_attn * T * (T + 1): causal QK^T and AV over a T-token sequence."""
-    if seq_len < 0:
-        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
-    return 2 * dims.num_layers * dims.d_attn * seq_len * (seq_len + 1)
-
-
-def forward_flops(dims: ModelDims, seq_len: int) -> int:
-    """2 * N * T + attn(T): one forward pass, also the cost of generating it (inference)."""
-    return 2 * dims.non_embedding_params * seq_len + attention_flops(dims, seq_len)
-
-
-def inference_flops(dims: ModelDims, prompt_len: int, response_len: int) -> int:
-    return forward_flops(dims, prompt_len + response_len)
-
-
-def training_flops(dims: ModelDims, seq_len: int) -> int:
-    """Forward + backward = 3 * forward = 6 * N * T + 3 * attn(T)."""
-    return 3 * forward_flops(dims, seq_len)
-
-
-def logprob_flops(dims: ModelDims, seq_len: int) -> int:
-    """An extra forward for old-policy or reference log-probs."""
-    return forward_flops(dims, seq_len)
 
 
 class ComputeLedger:

@@ -7,13 +7,16 @@ whatever the partition.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
-KINDS = ("ppo", "gspo", "cispo")
-AGGS = ("token_mean", "seq_mean")
-KL_TYPES = ("k1", "k3")
+from megatron_sgpo.choices import check_choices
+
+KlType = Literal["k1", "k3"]
+KL_TYPES = typing.get_args(KlType)
 
 
 @dataclass(frozen=True)
@@ -24,22 +27,17 @@ class LossConfig:
     For CISPO, eps_low >= 1 removes the lower truncation (MiniMax-M1 setting).
     """
 
-    kind: str = "ppo"
+    kind: Literal["ppo", "gspo", "cispo"] = "ppo"
     eps_low: float = 0.2
     eps_high: float = 0.2
-    dual_clip: float | None = None
+    dual_clip: Optional[float] = None
     kl_coef: float = 0.0
-    kl_type: str = "k3"
+    kl_type: KlType = "k3"
     entropy_coef: float = 0.0
-    agg: str = "token_mean"
+    agg: Literal["token_mean", "seq_mean"] = "token_mean"
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.agg not in AGGS:
-            raise ValueError(f"agg must be one of {AGGS}, got {self.agg!r}")
-        if self.kl_type not in KL_TYPES:
-            raise ValueError(f"kl_type must be one of {KL_TYPES}, got {self.kl_type!r}")
+        check_choices(self)
         if self.eps_low < 0 or self.eps_high < 0:
             raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
         if self.dual_clip is not None:

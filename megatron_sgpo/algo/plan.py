@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Hashable, Iterator, Sequence
+from typing import Hashable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
 from megatron_sgpo.algo.profile import PromptProfile
+from megatron_sgpo.choices import check_choices
 
-ORDERS = ("curriculum", "shuffle", "given")
-SIZE_SOURCES = ("p_hat", "posterior_mean")
 _STREAM_ZERO, _STREAM_ORDER, _STREAM_EPOCH = 1, 2, 3
 
 
@@ -27,6 +26,7 @@ class PlanConfig:
     ``keep_unsolvable_fraction``: share of p = 0 prompts kept (each gets n_max).
     ``round_to``: round sizes up to a multiple (n_max must then be a multiple too).
     ``step_rollout_budget``: cap on the sum of group sizes in one step, or None.
+    ``fixed_n``: the group size of every prompt in the fixed plan of the GRPO/DAPO baselines.
     """
 
     n_min: int = 2
@@ -34,11 +34,13 @@ class PlanConfig:
     drop_above: float = 1.0
     keep_unsolvable_fraction: float = 0.1
     round_to: int = 1
-    step_rollout_budget: int | None = None
-    order: str = "curriculum"
-    size_from: str = "p_hat"
+    step_rollout_budget: Optional[int] = None
+    order: Literal["curriculum", "shuffle", "given"] = "curriculum"
+    size_from: Literal["p_hat", "posterior_mean"] = "p_hat"
+    fixed_n: int = 8
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not isinstance(self.n_min, int) or self.n_min < 1:
             raise ValueError(f"n_min must be an integer >= 1, got {self.n_min!r}")
         if not isinstance(self.n_max, int):
@@ -57,10 +59,8 @@ class PlanConfig:
             raise ValueError(
                 f"step_rollout_budget must be >= n_min={self.n_min}, got {self.step_rollout_budget}"
             )
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.size_from not in SIZE_SOURCES:
-            raise ValueError(f"size_from must be one of {SIZE_SOURCES}, got {self.size_from!r}")
+        if self.fixed_n < 1:
+            raise ValueError(f"fixed_n must be >= 1, got {self.fixed_n}")
 
 
 def group_size(p: float, cfg: PlanConfig) -> int:

@@ -17,9 +17,9 @@ from megatron_sgpo.algo.profile import PromptProfile
 
 @dataclass(frozen=True)
 class OnlinePosteriorConfig:
-    """``online`` is the one switch; ``decay`` is gamma in (0, 1]; ``reprofile_every`` K (0 disables)."""
+    """``enabled`` is the one switch; ``decay`` is gamma in (0, 1]; ``reprofile_every`` K (0 disables)."""
 
-    online: bool = False
+    enabled: bool = False
     decay: float = 1.0
     reprofile_every: int = 0
     success_threshold: float = 1.0

@@ -14,6 +14,27 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class SelectionConfig:
+    """Which rollouts of a step are trained on, applied in this order.
+
+    ``zero_variance``: drop groups whose rewards are all equal (DAPO's filter; on in ``run.mode=dapo``).
+    ``cost_aware``: then draw ``cost_aware_draws`` samples (0: as many as are left) with
+    q ∝ |A|/sqrt(cost), mixed with ``cost_aware_mix`` of uniform, and importance-weight them.
+    """
+
+    zero_variance: bool = False
+    cost_aware: bool = False
+    cost_aware_draws: int = 0
+    cost_aware_mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cost_aware_draws < 0:
+            raise ValueError(f"cost_aware_draws must be >= 0, got {self.cost_aware_draws}")
+        if not 0.0 <= self.cost_aware_mix <= 1.0:
+            raise ValueError(f"cost_aware_mix must be in [0, 1], got {self.cost_aware_mix}")
+
+
+@dataclass(frozen=True)
 class ZeroVarianceResult:
     keep: np.ndarray  # bool mask over samples
     kept_groups: int

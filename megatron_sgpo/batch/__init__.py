@@ -1,16 +1,8 @@
 """DP-aware batching of variable-size groups: which rank and micro-batch each sample goes to."""
 from .balance import BatchPlan, make_batches, plan_from_assignment
 from .cost import CostModel
-from .layout import ParallelLayout, length_multiple, pad_length
 from .multiway import partition
+from .padding import length_multiple, pad_length
 
-__all__ = [
-    "BatchPlan",
-    "CostModel",
-    "ParallelLayout",
-    "length_multiple",
-    "make_batches",
-    "pad_length",
-    "partition",
-    "plan_from_assignment",
-]
+__all__ = ["BatchPlan", "CostModel", "length_multiple", "make_batches", "pad_length", "partition",
+           "plan_from_assignment"]

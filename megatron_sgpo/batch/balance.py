@@ -7,7 +7,7 @@ algorithm package's job) the gradient, is exactly what one process would compute
 speed depends on the plan.
 
 The steps:
-1. pad every length for the parallel layout (``layout.pad_length``) and reject samples that
+1. pad every length for the parallel layout (``padding.pad_length``) and reject samples that
    do not fit the token budget on their own: a ValueError names the first such sample, its
    padded length and the budget. Truncating it would change the gradient and dropping it
    would change the step, so the caller must raise the budget (or cap generation length);
@@ -30,10 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_sgpo.platform.layout import ParallelLayout
+
 from .cost import CostModel
-from .layout import ParallelLayout, pad_length
-from .pack import MODES, batches_cost, micro_batch_tokens, pack_rank, split_to_count
 from .multiway import partition
+from .pack import MODES, batches_cost, micro_batch_tokens, pack_rank, split_to_count
+from .padding import pad_length
 from .repair import refine_padded
 
 
@@ -88,6 +90,7 @@ def _check_inputs(lengths, group_ids, layout, budget, mode):
         raise ValueError(f"group_ids shape {group_ids.shape} differs from lengths shape {lengths.shape}")
     if not isinstance(layout, ParallelLayout):
         raise TypeError(f"layout must be a ParallelLayout, got {type(layout).__name__}")
+    layout.resolved_dp()  # the batcher splits over a known number of ranks
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ValueError(f"max_tokens_per_micro_batch must be a positive integer, got {budget!r}")
     if mode not in MODES:

@@ -1,7 +1,7 @@
 """Measure one RL step's phases on whatever device is present: train, log-probs, weight sync, rollout.
 
 Every figure is a median over repetitions after warm-up, and every FLOP count comes from
-:mod:`megatron_sgpo.algo.ledger` so the benchmark and the run's compute ledger agree by construction.
+:mod:`megatron_sgpo.model.flops` (the ledger's convention) so the benchmark and the run's compute ledger agree by construction.
 Weight sync is also compared with a plain copy of the same tensors, which is the floor any sync
 transport is measured against.
 """
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.algo.ledger import ModelDims, inference_flops, logprob_flops, training_flops
+from megatron_sgpo.model.flops import ModelShape, inference_flops, logprob_flops, training_flops
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's H100 SXM / H200 datasheets; H200 has the H100's compute.
 _HOPPER_SXM_PEAK = {"bf16": 989.0, "fp8": 1979.0}
@@ -71,9 +71,9 @@ class Workload:
         return self.batch * self.seq_len
 
 
-def step_flops(dims: ModelDims, w: Workload) -> dict:
+def step_flops(shape: ModelShape, w: Workload) -> dict:
     """Ledger FLOPs of one training step and one log-prob pass over the whole (global) batch."""
-    return {"training": w.batch * training_flops(dims, w.seq_len), "logprob": w.batch * logprob_flops(dims, w.seq_len)}
+    return {"training": w.batch * training_flops(shape, w.seq_len), "logprob": w.batch * logprob_flops(shape, w.seq_len)}
 
 
 def rates(seconds: list[float], tokens: int, flops: int | None, world: int, peak: float | None) -> dict:
@@ -140,12 +140,9 @@ class _Recorder:
     def __init__(self, engine):
         self.engine, self.sent = engine, []
 
-    def update_weights(self, named, version):
-        def tap():
-            for name, tensor in named:
-                self.sent.append(name)
-                yield name, tensor
-        self.engine.update_weights(tap(), version=version)
+    def update_weights(self, bucket, version):
+        self.sent.extend(name for name, _ in bucket)
+        self.engine.update_weights(bucket, version=version)
 
 
 def copy_baseline(module: torch.nn.Module, names: list[str], reps: int) -> dict:
@@ -202,18 +199,20 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
     from megatron.core import parallel_state
 
     from megatron_sgpo.algo.loss import LossConfig
-    from megatron_sgpo.platform.dist import ParallelSizes, device, init_parallel
-    from megatron_sgpo.train.model import ModelOptions, use_transformer_engine, validate_layout
+    from megatron_sgpo.model.build import ModelOptions, use_transformer_engine
+    from megatron_sgpo.model.hf_config import validate_layout
+    from megatron_sgpo.model.mapping import WeightMapping
+    from megatron_sgpo.platform.dist import device, init_parallel
+    from megatron_sgpo.platform.layout import ParallelLayout
     from megatron_sgpo.train.policy import OptimConfig, Policy
     from megatron_sgpo.train.update import attach_old_logprobs, make_loss_fn
-    from megatron_sgpo.weights.mapping import WeightMapping
-    from megatron_sgpo.weights.reshard import sync_weights
+    from megatron_sgpo.weights.sync import sync_weights
 
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    validate_layout(hf_config, sizes, int(os.environ.get("WORLD_SIZE", "1")))
-    dp = init_parallel(sizes, seed=a.seed)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp, fp8="e4m3" if a.fp8 else None)
+    validate_layout(hf_config, layout, int(os.environ.get("WORLD_SIZE", "1")))
+    dp = init_parallel(layout, seed=a.seed)
     world, rank = dist.get_world_size(), dist.get_rank()
-    options = ModelOptions(fp8="e4m3" if a.fp8 else None, init_weights=not (load_weights and model_dir))
+    options = ModelOptions(init_weights=not (load_weights and model_dir))
     if a.fp8 and not use_transformer_engine():
         raise RuntimeError("--fp8 needs Transformer Engine and a CUDA GPU")
     precision = "fp8" if a.fp8 else ("bf16" if options.torch_dtype() == torch.bfloat16 else "fp32")
@@ -221,13 +220,13 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = peak_tflops(dev_name, precision) if dev.type == "cuda" else None
 
-    policy = Policy(hf_config, sizes, dp, options, OptimConfig(lr=1e-6))
+    policy = Policy(hf_config, layout, dp, options, OptimConfig(lr=1e-6))
     if load_weights and model_dir:
-        from megatron_sgpo.weights.hf_io import HFCheckpoint
+        from megatron_sgpo.model.hf_io import HFCheckpoint
 
         policy.load_hf(HFCheckpoint(model_dir))
-    dims = ModelDims.from_hf_config(hf_config)
-    flops = step_flops(dims, w)
+    shape = ModelShape.from_hf_config(hf_config)
+    flops = step_flops(shape, w)
     mbs = rank_batches(w, hf_config["vocab_size"], dp, parallel_state.get_data_parallel_rank(), a.seed)
     attach_old_logprobs(policy, mbs)
     loss_fn = make_loss_fn(LossConfig(), float(w.batch * w.response_len))
@@ -236,9 +235,8 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": dev.type, "device_name": dev_name,
         "world_size": world, "tp": a.tp, "pp": a.pp, "dp": dp, "precision": precision, "peak_tflops": peak,
         "threads_per_rank": torch.get_num_threads(),
-        "model": {"params": dims.total_params, "hidden": dims.hidden, "layers": dims.num_layers,
-                  "heads": dims.num_heads, "kv_heads": dims.num_kv_heads, "ffn": dims.ffn_hidden,
-                  "vocab": dims.vocab_size},
+        "model": {"params": shape.total_params(), "hidden": shape.hidden, "layers": shape.layers,
+                  "heads": shape.heads, "kv_heads": shape.kv_heads, "ffn": shape.ffn, "vocab": shape.vocab},
         "workload": {**asdict(w), "seq_len": w.seq_len, "tokens": w.tokens},
         "warmup": a.warmup, "reps": a.reps,
     }
@@ -273,13 +271,13 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
                               "copy_GBps": base["GBps"], "copy_bytes": base["bytes"],
                               "ratio_to_copy": stats["bytes"] / med / 1e9 / base["GBps"]}
     if not a.skip_rollout and rank == 0:
-        report["rollout"] = _rollout(engine, a, w, hf_config["vocab_size"], dims)
+        report["rollout"] = _rollout(engine, a, w, hf_config["vocab_size"], shape)
     if dist.is_initialized():
         dist.barrier()
     return report if rank == 0 else None
 
 
-def _rollout(engine, a: BenchArgs, w: Workload, vocab: int, dims: ModelDims) -> dict:
+def _rollout(engine, a: BenchArgs, w: Workload, vocab: int, shape: ModelShape) -> dict:
     """Sampled generation (temperature 1, seeded) from the local engine or an SGLang-protocol URL."""
     from megatron_sgpo.rollout.engine import SamplingParams
 
@@ -299,7 +297,7 @@ def _rollout(engine, a: BenchArgs, w: Workload, vocab: int, dims: ModelDims) -> 
 
     secs = _local_timed(run, a.warmup, a.reps)
     tokens = sum(generated)
-    flops = sum(inference_flops(dims, w.prompt_len, n) for n in generated)
+    flops = sum(inference_flops(shape, w.prompt_len, n) for n in generated)
     out = rates(secs, tokens, flops, 1, None)
     out.update(engine="sglang:" + a.engine_url if a.engine_url else "local", sequences=len(generated))
     return out

@@ -11,8 +11,9 @@ import sys
 
 import yaml
 
-from megatron_sgpo.cluster import EngineLayout, Placement, Planner, TrainLayout, load_inputs
+from megatron_sgpo.cluster import EngineLayout, Placement, Planner, TrainSetup, load_inputs
 from megatron_sgpo.cluster.report import json_report, text_report
+from megatron_sgpo.platform.layout import ParallelLayout
 
 _INT_KEYS = {"tp", "pp", "vpp", "cp", "engine_tp", "train_nodes", "micro_batch_size"}
 
@@ -38,14 +39,19 @@ def parse_check(spec: str, nodes: int, gpus_per_node: int) -> tuple:
     train_gpus = (nodes if colocated else tn) * gpus_per_node
     if train_gpus % (tp * pp * cp):
         raise SystemExit(f"--check {spec}: {train_gpus} GPUs not divisible by TP*PP*CP")
-    lay = TrainLayout(tp=tp, pp=pp, cp=cp, dp=train_gpus // (tp * pp * cp),
-                      vpp=int(kv.get("vpp", 1)), recompute=kv["recompute"],
-                      sequence_parallel=bool(int(kv.get("sp", int(tp > 1)))),
-                      distributed_optimizer=bool(int(kv["distopt"])),
-                      micro_batch_size=int(kv.get("micro_batch_size", 1)))
+    vpp = int(kv.get("vpp", 1))
+    try:
+        lay = ParallelLayout(tp=tp, pp=pp, vpp=None if vpp == 1 else vpp, cp=cp,
+                             dp=train_gpus // (tp * pp * cp),
+                             sequence_parallel=bool(int(kv.get("sp", int(tp > 1)))))
+        setup = TrainSetup(lay, recompute=kv["recompute"],
+                           distributed_optimizer=bool(int(kv["distopt"])),
+                           micro_batch_size=int(kv.get("micro_batch_size", 1)))
+    except ValueError as e:
+        raise SystemExit(f"--check {spec}: {e}")
     etp = int(kv.get("engine_tp", 8))
     eng_gpus = (nodes if colocated else nodes - tn) * gpus_per_node
-    return lay, EngineLayout(etp, eng_gpus // etp), place
+    return setup, EngineLayout(etp, eng_gpus // etp), place
 
 
 def plan_main(argv=None) -> int:
@@ -67,11 +73,11 @@ def plan_main(argv=None) -> int:
         overrides[key] = yaml.safe_load(val)
     inputs = load_inputs(args.model_config, args.cluster, overrides)
     planner = Planner(inputs)
-    plan = planner.plan()
+    ranking = planner.rank()
     cl = inputs.cluster
     checks = [planner.evaluate(*parse_check(s, cl.nodes, cl.gpus_per_node)) for s in args.check]
     report = json_report if args.json else text_report
-    print(report(inputs, plan, args.top, checks, args.all_variants))
+    print(report(inputs, ranking, args.top, checks, args.all_variants))
     return 0
 
 

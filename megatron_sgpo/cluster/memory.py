@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .flops import embedding_params, layer_params, output_params, padded_vocab, total_params
-from .layouts import EngineLayout, TrainLayout
-from .spec import GIB, ModelSpec
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
+
+from .layouts import EngineLayout, TrainSetup
+from .spec import GIB
 
 BYTES_PARAM = 2.0  # bf16 weights
 BYTES_GRAD = 4.0  # fp32 main grads
@@ -87,51 +89,52 @@ def in_flight_microbatches(pp: int, vpp: int, num_microbatches: int) -> float:
     return inflight
 
 
-def stage_params(model: ModelSpec, lay: TrainLayout, stage: str) -> float:
+def stage_params(model: ModelShape, lay: ParallelLayout, stage: str) -> float:
     """Parameters one GPU of `stage` ('first' or 'last') holds."""
-    n = model.layers // lay.pp * layer_params(model)
+    n = model.layers // lay.pp * model.layer_params
     first, last = stage == "first" or lay.pp == 1, stage == "last" or lay.pp == 1
     if first:
-        n += embedding_params(model, lay.tp)
+        n += model.embedding_params(lay.tp)
     if last:
-        out = output_params(model, lay.tp)
+        out = model.output_params(lay.tp)
         if out == 0 and lay.pp > 1:  # tied: the last stage keeps its own copy of the embedding
-            out = embedding_params(model, lay.tp)
+            out = model.embedding_params(lay.tp)
         n += out + model.hidden
     return n / lay.tp
 
 
-def stage_memory(model: ModelSpec, lay: TrainLayout, seq_len: int, num_microbatches: int,
+def stage_memory(model: ModelShape, setup: TrainSetup, seq_len: int, num_microbatches: int,
                  workspace_bytes: float, stage: str, flash_attention: bool = False) -> StageMemory:
+    lay = setup.layout
     params = stage_params(model, lay, stage)
-    opt_shards = lay.dp * lay.cp if lay.distributed_optimizer else 1
+    opt_shards = lay.dp * lay.cp if setup.distributed_optimizer else 1
     s = seq_len / lay.cp
-    b, h, t = lay.micro_batch_size, model.hidden, lay.tp
+    b, h, t = setup.micro_batch_size, model.hidden, lay.tp
     per_layer = activation_bytes_per_layer(s, b, h, model.heads, t, lay.sequence_parallel,
-                                           lay.recompute, flash_attention)
+                                           setup.recompute, flash_attention)
     layers_here = model.layers // lay.pp
     if stage == "first" or lay.pp == 1:
-        inflight = in_flight_microbatches(lay.pp, lay.vpp, num_microbatches)
+        inflight = in_flight_microbatches(lay.pp, lay.vpp or 1, num_microbatches)
     else:
         inflight = 1.0
     acts = per_layer * layers_here * inflight
-    if lay.recompute == "full":  # the layer being replayed holds its full activations
+    if setup.recompute == "full":  # the layer being replayed holds its full activations
         acts += activation_bytes_per_layer(s, b, h, model.heads, t, lay.sequence_parallel, "none",
                                            flash_attention)
     logits = 0.0
     if stage == "last" or lay.pp == 1:
-        logits = 2 * 4.0 * s * b * padded_vocab(model, t) / t
+        logits = 2 * 4.0 * s * b * model.padded_vocab(t) / t
     return StageMemory(stage=stage, params=params, weights=params * BYTES_PARAM,
                        grads=params * BYTES_GRAD, optimizer=params * BYTES_ADAM / opt_shards,
                        activations=acts, logits=logits, workspace=workspace_bytes)
 
 
-def train_memory(model: ModelSpec, lay: TrainLayout, seq_len: int, num_microbatches: int,
+def train_memory(model: ModelShape, setup: TrainSetup, seq_len: int, num_microbatches: int,
                  workspace_bytes: float, flash_attention: bool = False) -> StageMemory:
     """Memory of the heaviest stage (first or last) of the layout, per GPU."""
-    args = (model, lay, seq_len, num_microbatches, workspace_bytes)
+    args = (model, setup, seq_len, num_microbatches, workspace_bytes)
     stages = [stage_memory(*args, "first", flash_attention)]
-    if lay.pp > 1:
+    if setup.layout.pp > 1:
         stages.append(stage_memory(*args, "last", flash_attention))
     return max(stages, key=lambda m: m.total)
 
@@ -150,15 +153,15 @@ class EngineMemory:
                 "peak": self.peak / GIB}
 
 
-def kv_bytes_per_token(model: ModelSpec, engine_tp: int) -> float:
+def kv_bytes_per_token(model: ModelShape, engine_tp: int) -> float:
     """K and V, every layer, bf16, this GPU's share of the KV heads (replicated if TP > kv_heads)."""
     heads_here = max(model.kv_heads / engine_tp, 1.0)
-    return 2.0 * model.layers * heads_here * model.kv_channels * 2.0
+    return 2.0 * model.layers * heads_here * model.head_dim * 2.0
 
 
-def engine_memory(model: ModelSpec, eng: EngineLayout, gpu_bytes: float, mem_fraction: float,
+def engine_memory(model: ModelShape, eng: EngineLayout, gpu_bytes: float, mem_fraction: float,
                   engine_workspace_bytes: float) -> EngineMemory:
-    weights = BYTES_PARAM * total_params(model) / eng.tp
+    weights = BYTES_PARAM * model.total_params() / eng.tp
     per_tok = kv_bytes_per_token(model, eng.tp)
     pool = mem_fraction * gpu_bytes - weights
     return EngineMemory(weights=weights, kv_bytes_per_token=per_tok, kv_pool=pool,

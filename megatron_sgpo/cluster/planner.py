@@ -2,29 +2,31 @@
 
 A layout is rejected for the first class of reason it meets: divisibility (with the numbers),
 then memory (with the per-GPU breakdown against capacity). Everything feasible is ranked by the
-predicted time of one on-policy sGPO step (timing.py).
+predicted time of one on-policy sGPO step (timing.py). The result is a :class:`LayoutRanking`,
+not to be confused with the sGPO sampling plan (``megatron_sgpo.algo.plan.Plan``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import product
 
-from .layouts import (EngineLayout, Placement, TrainLayout, engine_divisibility,
-                      train_divisibility)
+from megatron_sgpo.model.flops import RECOMPUTE
+from megatron_sgpo.platform.layout import ParallelLayout
+
+from .layouts import EngineLayout, Placement, TrainSetup, engine_divisibility, train_divisibility
 from .lengths import response_dist, sequences_per_step
 from .memory import EngineMemory, StageMemory, colocated_peak, engine_memory, train_memory
 from .spec import GIB, PlanInputs
-from .timing import StepTime, num_microbatches, profile_seconds, rollout_seconds, step_time
+from .timing import StepTime, num_microbatches, profile_seconds, rollout_seconds, step_time, train_gpus
 
-RECOMPUTE_OPTIONS = ("none", "selective", "full")
 ENGINE_TP_OPTIONS = (1, 2, 4, 8)
-VPP_OPTIONS = (1, 2, 4)
+VPP_OPTIONS = (None, 2, 4)  # None: no interleaving
 CP_OPTIONS = (1, 2)
 
 
 @dataclass
 class Candidate:
-    train: TrainLayout
+    train: TrainSetup
     engine: EngineLayout
     placement: Placement
     reasons: list[str] = field(default_factory=list)
@@ -42,13 +44,13 @@ class Candidate:
         return f"{self.placement.label()} {self.train.label()} | engines {self.engine.label()}"
 
     def as_dict(self) -> dict:
-        t = self.train
+        setup, lay = self.train, self.train.layout
         d = {
             "placement": self.placement.label(),
-            "train": {"tp": t.tp, "pp": t.pp, "vpp": t.vpp, "cp": t.cp, "dp": t.dp,
-                      "sequence_parallel": t.sequence_parallel, "recompute": t.recompute,
-                      "distributed_optimizer": t.distributed_optimizer,
-                      "micro_batch_size": t.micro_batch_size},
+            "train": {"tp": lay.tp, "pp": lay.pp, "vpp": lay.vpp or 1, "cp": lay.cp, "dp": lay.dp,
+                      "sequence_parallel": lay.sequence_parallel, "recompute": setup.recompute,
+                      "distributed_optimizer": setup.distributed_optimizer,
+                      "micro_batch_size": setup.micro_batch_size},
             "engine": {"tp": self.engine.tp, "engines": self.engine.engines},
             "feasible": self.feasible,
             "reasons": list(self.reasons),
@@ -66,7 +68,9 @@ class Candidate:
 
 
 @dataclass
-class Plan:
+class LayoutRanking:
+    """Feasible candidates fastest first, the rejected ones with their reasons."""
+
     feasible: list[Candidate]
     rejected: list[Candidate]
     n_seqs: int
@@ -83,7 +87,7 @@ def placements(nodes: int) -> list[Placement]:
     return out
 
 
-def train_layouts(gpus: int, gpus_per_node: int) -> list[TrainLayout]:
+def train_setups(gpus: int, gpus_per_node: int) -> list[TrainSetup]:
     """Every TP x CP x PP x VPP x recompute x distopt on `gpus` GPUs with integer DP."""
     out = []
     tps = [t for t in _divisors(gpus_per_node) if t <= 8]
@@ -92,12 +96,12 @@ def train_layouts(gpus: int, gpus_per_node: int) -> list[TrainLayout]:
             continue
         for pp in _divisors(gpus // (tp * cp)):
             dp = gpus // (tp * cp * pp)
-            for vpp, rc, do in product(VPP_OPTIONS, RECOMPUTE_OPTIONS, (True, False)):
-                if vpp > 1 and pp == 1:
+            for vpp in VPP_OPTIONS:
+                if vpp and pp == 1:  # interleaving needs a pipeline
                     continue
-                out.append(TrainLayout(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp,
-                                       sequence_parallel=tp > 1, recompute=rc,
-                                       distributed_optimizer=do))
+                lay = ParallelLayout(tp=tp, pp=pp, vpp=vpp, cp=cp, dp=dp, sequence_parallel=tp > 1)
+                out += [TrainSetup(lay, recompute=rc, distributed_optimizer=do)
+                        for rc, do in product(RECOMPUTE, (True, False))]
     return out
 
 
@@ -122,20 +126,21 @@ class Planner:
             self._rollout[key] = (em, ro, prof)
         return self._rollout[key]
 
-    def evaluate(self, lay: TrainLayout, eng: EngineLayout, place: Placement) -> Candidate:
+    def evaluate(self, setup: TrainSetup, eng: EngineLayout, place: Placement) -> Candidate:
         m, cl, w = self.inputs.model, self.inputs.cluster, self.inputs.workload
-        c = Candidate(lay, eng, place)
-        c.reasons += train_divisibility(m, lay, cl.gpus_per_node, w.max_seq)
+        c = Candidate(setup, eng, place)
+        c.reasons += train_divisibility(m, setup.layout, cl.gpus_per_node, w.max_seq)
         c.reasons += engine_divisibility(m, eng, cl.gpus_per_node)
         gbs = w.train_global_batch  # 0: the whole step, split unevenly by the DP-aware batcher
-        if gbs and gbs % (lay.dp * lay.micro_batch_size):
-            c.reasons.append(f"train global batch {gbs} not divisible by DP*micro-batch="
-                             f"{lay.dp * lay.micro_batch_size}")
+        dp_mb = setup.layout.dp * setup.micro_batch_size
+        if gbs and gbs % dp_mb:
+            c.reasons.append(f"train global batch {gbs} not divisible by DP*micro-batch={dp_mb}")
         if c.reasons:
             return c
         cap = cl.gpu_memory_bytes
-        c.train_mem = tm = train_memory(m, lay, w.max_seq, num_microbatches(w, lay, self.n_seqs),
-                                        cl.workspace_gib * GIB, cl.flash_attention)
+        m_micro = num_microbatches(w, setup, self.n_seqs)
+        c.train_mem = tm = train_memory(m, setup, w.max_seq, m_micro, cl.workspace_gib * GIB,
+                                        cl.flash_attention)
         em, ro, prof = self._engine(eng)
         c.engine_mem = em
         budget = w.mem_fraction * cap
@@ -163,7 +168,7 @@ class Planner:
                 f"engine {em.peak / GIB:.1f})")
         if c.reasons:
             return c
-        c.time = step_time(m, cl, w, lay, eng, place, tm, self.dist, self.n_seqs, em.kv_tokens,
+        c.time = step_time(m, cl, w, setup, eng, place, tm, self.dist, self.n_seqs, em.kv_tokens,
                            rollout_s=ro, profile_s=prof)
         return c
 
@@ -171,14 +176,13 @@ class Planner:
         cl = self.inputs.cluster
         out = []
         for place in placements(cl.nodes):
-            tg = cl.world if place.colocated else place.train_nodes * cl.gpus_per_node
             eg = cl.world if place.colocated else place.engine_nodes * cl.gpus_per_node
             engines = [EngineLayout(t, eg // t) for t in ENGINE_TP_OPTIONS if eg % t == 0]
-            for lay, eng in product(train_layouts(tg, cl.gpus_per_node), engines):
-                out.append(self.evaluate(lay, eng, place))
+            for setup, eng in product(train_setups(train_gpus(cl, place), cl.gpus_per_node), engines):
+                out.append(self.evaluate(setup, eng, place))
         return out
 
-    def plan(self) -> Plan:
+    def rank(self) -> LayoutRanking:
         cands = self.candidates()
         ok = sorted((c for c in cands if c.feasible), key=lambda c: c.time.total)
         bad = [c for c in cands if not c.feasible]
@@ -188,8 +192,8 @@ class Planner:
                  "response_expected_max": self.dist.expected_max(self.n_seqs),
                  "response_frac_truncated": self.dist.frac_truncated,
                  "max_seq": w.max_seq, "evaluated": len(cands)}
-        return Plan(feasible=ok, rejected=bad, n_seqs=self.n_seqs, notes=notes)
+        return LayoutRanking(feasible=ok, rejected=bad, n_seqs=self.n_seqs, notes=notes)
 
 
-def plan(inputs: PlanInputs) -> Plan:
-    return Planner(inputs).plan()
+def rank_layouts(inputs: PlanInputs) -> LayoutRanking:
+    return Planner(inputs).rank()

@@ -1,10 +1,10 @@
-"""Human and JSON views of a Plan: the ranked table, and a sample of rejections by reason."""
+"""Human and JSON views of a LayoutRanking: the ranked table, and a sample of rejections by reason."""
 from __future__ import annotations
 
 import json
 import re
 
-from .planner import Candidate, Plan
+from .planner import Candidate, LayoutRanking
 from .spec import GIB, PlanInputs
 
 HEADER = ("#", "placement", "training", "SP", "recomp", "distopt", "engines", "mem GiB",
@@ -12,9 +12,10 @@ HEADER = ("#", "placement", "training", "SP", "recomp", "distopt", "engines", "m
 
 
 def _row(i: int, c: Candidate) -> tuple:
-    t, tm = c.time, c.train
-    return (str(i), c.placement.label(), tm.label(), "on" if tm.sequence_parallel else "off",
-            tm.recompute, "on" if tm.distributed_optimizer else "off", c.engine.label(),
+    t, setup = c.time, c.train
+    return (str(i), c.placement.label(), setup.label(),
+            "on" if setup.layout.sequence_parallel else "off", setup.recompute,
+            "on" if setup.distributed_optimizer else "off", c.engine.label(),
             f"{c.peak_bytes / GIB:.1f}", f"{c.engine_mem.kv_tokens / 1e3:,.0f}k",
             f"{t.rollout:.1f}", f"{t.logprob:.1f}", f"{t.train:.1f}", f"{t.sync:.1f}",
             f"{t.offload:.1f}", f"{t.profile:.1f}", f"{t.total:.1f}")
@@ -65,11 +66,11 @@ def reason_counts(rejected: list[Candidate]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def text_report(inputs: PlanInputs, plan: Plan, top: int = 10,
+def text_report(inputs: PlanInputs, ranking: LayoutRanking, top: int = 10,
                 checks: list[Candidate] | None = None, all_variants: bool = False) -> str:
     m, cl, w = inputs.model, inputs.cluster, inputs.workload
-    shown = plan.feasible if all_variants else distinct(plan.feasible)
-    n = plan.notes
+    shown = ranking.feasible if all_variants else distinct(ranking.feasible)
+    n = ranking.notes
     lines = [
         f"model {m.name}: h={m.hidden} L={m.layers} heads={m.heads}/{m.kv_heads} ffn={m.ffn} "
         f"V={m.vocab}",
@@ -78,8 +79,8 @@ def text_report(inputs: PlanInputs, plan: Plan, top: int = 10,
         f"step: {w.prompts_per_step} prompts -> {n['sequences_per_step']} sequences, prompt "
         f"{w.prompt_len}, response mean {n['response_mean_truncated']:.0f} (truncated), expected "
         f"longest {n['response_expected_max']:.0f}, max {w.response_max}",
-        f"evaluated {n['evaluated']} layouts: {len(plan.feasible)} feasible, "
-        f"{len(plan.rejected)} rejected",
+        f"evaluated {n['evaluated']} layouts: {len(ranking.feasible)} feasible, "
+        f"{len(ranking.rejected)} rejected",
         "",
         top_table(shown, top) if shown else "no feasible layout",
     ]
@@ -94,23 +95,23 @@ def text_report(inputs: PlanInputs, plan: Plan, top: int = 10,
             else:
                 lines.append(f"  {c.label()}: REJECTED: " + "; ".join(c.reasons))
     lines += ["", "rejections by cause:"]
-    lines += [f"  {v:6d}  {k}" for k, v in reason_counts(plan.rejected).items()]
+    lines += [f"  {v:6d}  {k}" for k, v in reason_counts(ranking.rejected).items()]
     lines += ["", "sample of rejected layouts:"]
-    lines += [f"  {lab}: {why}" for lab, why in rejected_sample(plan.rejected)]
+    lines += [f"  {lab}: {why}" for lab, why in rejected_sample(ranking.rejected)]
     return "\n".join(lines)
 
 
-def json_report(inputs: PlanInputs, plan: Plan, top: int = 10,
+def json_report(inputs: PlanInputs, ranking: LayoutRanking, top: int = 10,
                 checks: list[Candidate] | None = None, all_variants: bool = False) -> str:
-    shown = plan.feasible if all_variants else distinct(plan.feasible)
+    shown = ranking.feasible if all_variants else distinct(ranking.feasible)
     doc = {
         "inputs": inputs.sources,
-        "notes": plan.notes,
+        "notes": ranking.notes,
         "top": [c.as_dict() for c in shown[:top]],
-        "feasible_count": len(plan.feasible),
-        "rejected_count": len(plan.rejected),
-        "rejections_by_cause": reason_counts(plan.rejected),
-        "rejected_sample": [{"layout": a, "reasons": b} for a, b in rejected_sample(plan.rejected)],
+        "feasible_count": len(ranking.feasible),
+        "rejected_count": len(ranking.rejected),
+        "rejections_by_cause": reason_counts(ranking.rejected),
+        "rejected_sample": [{"layout": a, "reasons": b} for a, b in rejected_sample(ranking.rejected)],
         "checks": [c.as_dict() for c in checks or []],
     }
     return json.dumps(doc, indent=2)

@@ -1,61 +1,20 @@
-"""Inputs of the cluster planner: model dimensions, the cluster, and the sGPO workload.
+"""Inputs of the cluster planner: model dimensions (the project's ModelShape), the cluster, and the
+sGPO workload.
 
 Kept as plain dataclasses so that the formulas in the other modules take numbers, not files,
 and tests can build tiny configurations by hand.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from megatron_sgpo.model.flops import ModelShape
+
 GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Dense decoder-only transformer dimensions (Llama/Qwen/Mistral family)."""
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    vocab: int
-    head_dim: int = 0  # 0 means hidden // heads
-    tied_embeddings: bool = False
-    gated_mlp: bool = True  # SwiGLU: gate, up and down projections
-    name: str = "model"
-
-    @property
-    def kv_channels(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    @classmethod
-    def from_hf_config(cls, cfg: Mapping[str, Any], name: str = "model") -> "ModelSpec":
-        act = str(cfg.get("hidden_act", "silu"))
-        return cls(
-            hidden=int(cfg["hidden_size"]),
-            layers=int(cfg["num_hidden_layers"]),
-            heads=int(cfg["num_attention_heads"]),
-            kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
-            ffn=int(cfg["intermediate_size"]),
-            vocab=int(cfg["vocab_size"]),
-            head_dim=int(cfg.get("head_dim") or 0),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            gated_mlp=act in ("silu", "swiglu", "gelu_pytorch_tanh", "geglu"),
-            name=name,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelSpec":
-        path = Path(path)
-        with open(path) as f:
-            cfg = json.load(f)
-        return cls.from_hf_config(cfg, name=cfg.get("_name_or_path") or path.stem)
 
 
 @dataclass(frozen=True)
@@ -153,7 +112,7 @@ def workload_from_dict(data: Mapping[str, Any], name: str = "workload") -> Workl
 
 @dataclass
 class PlanInputs:
-    model: ModelSpec
+    model: ModelShape
     cluster: ClusterSpec
     workload: WorkloadSpec
     sources: dict = field(default_factory=dict)
@@ -170,7 +129,7 @@ def load_inputs(model_config: str | Path, cluster_yaml: str | Path,
     workload = dict(doc["workload"])
     workload.update(workload_overrides or {})
     return PlanInputs(
-        model=ModelSpec.load(model_config),
+        model=ModelShape.load(model_config),
         cluster=cluster_from_dict(doc["cluster"], name=stem),
         workload=workload_from_dict(workload, name=stem),
         sources={"model_config": str(model_config), "cluster_yaml": str(cluster_yaml)},

@@ -24,11 +24,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .flops import decode_flops_per_token, forward_flops, matmul_params, total_params, training_flops
-from .layouts import EngineLayout, Placement, TrainLayout
+from megatron_sgpo.model.flops import ModelShape, decode_flops_per_token, mfu_forward_flops, mfu_training_flops
+from megatron_sgpo.platform.layout import ParallelLayout
+
+from .layouts import EngineLayout, Placement, TrainSetup
 from .lengths import LengthDist
 from .memory import BYTES_PARAM, StageMemory, kv_bytes_per_token
-from .spec import ClusterSpec, ModelSpec, WorkloadSpec
+from .spec import ClusterSpec, WorkloadSpec
 
 DRAIN_POINTS = 256
 
@@ -52,11 +54,11 @@ class StepTime:
         return d
 
 
-def decode_step_seconds(model: ModelSpec, cl: ClusterSpec, engine_tp: int, active: np.ndarray,
+def decode_step_seconds(model: ModelShape, cl: ClusterSpec, engine_tp: int, active: np.ndarray,
                         context: np.ndarray) -> np.ndarray:
     """One decode iteration of one engine with `active` sequences at `context` tokens."""
     eff = cl.rollout_efficiency
-    weights = BYTES_PARAM * total_params(model) / engine_tp
+    weights = BYTES_PARAM * model.total_params() / engine_tp
     kv = kv_bytes_per_token(model, engine_tp)
     t_mem = (weights + active * context * kv) / (cl.hbm_GBps * 1e9 * eff)
     flops = active * decode_flops_per_token(model, context) / engine_tp
@@ -65,15 +67,15 @@ def decode_step_seconds(model: ModelSpec, cl: ClusterSpec, engine_tp: int, activ
     return np.maximum(t_mem, t_cmp) + t_comm
 
 
-def rollout_seconds(model: ModelSpec, cl: ClusterSpec, eng: EngineLayout, n_seqs: int,
+def rollout_seconds(model: ModelShape, cl: ClusterSpec, eng: EngineLayout, n_seqs: int,
                     n_prompts: int, prompt_len: int, dist: LengthDist, kv_tokens: float) -> float:
     """Prefill + decode time of n_seqs responses spread evenly over the engines."""
     per_engine = n_seqs / eng.engines
     mean = dist.truncated_mean
     conc = max(1.0, min(per_engine, kv_tokens / (prompt_len + mean)))
     prefill_tokens = n_prompts * prompt_len / eng.engines
-    prefill_flops = prefill_tokens * forward_flops(model, 1.0) + 4.0 * model.layers * (
-        n_prompts / eng.engines) * prompt_len**2 * model.heads * model.kv_channels
+    prefill_flops = prefill_tokens * mfu_forward_flops(model, 1.0) + 4.0 * model.layers * (
+        n_prompts / eng.engines) * prompt_len**2 * model.d_attn
     prefill = prefill_flops / (eng.tp * cl.peak_bf16_tflops * 1e12 * cl.rollout_efficiency)
     full = 0.0
     if per_engine > conc:
@@ -95,29 +97,30 @@ def sequence_moments(prompt_len: int, dist: LengthDist) -> tuple[float, float]:
     return prompt_len + m1, prompt_len**2 + 2 * prompt_len * m1 + m2
 
 
-def num_microbatches(w: WorkloadSpec, lay: TrainLayout, n_seqs: int) -> int:
+def num_microbatches(w: WorkloadSpec, setup: TrainSetup, n_seqs: int) -> int:
     """Micro-batches per DP rank per optimizer step."""
     gbs = w.train_global_batch or n_seqs
-    return max(1, gbs // (lay.dp * lay.micro_batch_size))
+    return max(1, gbs // (setup.layout.dp * setup.micro_batch_size))
 
 
-def bubble_fraction(lay: TrainLayout, m: int) -> float:
-    return (lay.pp - 1) / (m * lay.vpp)
+def bubble_fraction(lay: ParallelLayout, m: int) -> float:
+    return (lay.pp - 1) / (m * (lay.vpp or 1))
 
 
-def dp_comm_seconds(cl: ClusterSpec, lay: TrainLayout, params_per_gpu: float) -> float:
+def dp_comm_seconds(cl: ClusterSpec, setup: TrainSetup, params_per_gpu: float) -> float:
     """Gradient reduction of one optimizer step over the DP x CP group (ring)."""
+    lay = setup.layout
     group = lay.dp * lay.cp
     if group == 1:
         return 0.0
     frac = (group - 1) / group
-    bytes_moved = frac * params_per_gpu * (4.0 + 2.0 if lay.distributed_optimizer else 2 * 4.0)
+    bytes_moved = frac * params_per_gpu * (4.0 + 2.0 if setup.distributed_optimizer else 2 * 4.0)
     inside = lay.tp * lay.cp * lay.dp <= cl.gpus_per_node
     bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
     return bytes_moved / bw
 
 
-def tp_comm_seconds(model: ModelSpec, cl: ClusterSpec, lay: TrainLayout, tokens: float,
+def tp_comm_seconds(model: ModelShape, cl: ClusterSpec, lay: ParallelLayout, tokens: float,
                     passes: float) -> float:
     """TP collectives of `passes` passes over `tokens` tokens, for one GPU's share of them."""
     if lay.tp == 1:
@@ -131,11 +134,11 @@ def train_gpus(cl: ClusterSpec, place: Placement) -> int:
     return cl.world if place.colocated else place.train_nodes * cl.gpus_per_node
 
 
-def step_time(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, lay: TrainLayout,
+def step_time(model: ModelShape, cl: ClusterSpec, w: WorkloadSpec, setup: TrainSetup,
               eng: EngineLayout, place: Placement, mem: StageMemory, dist: LengthDist,
               n_seqs: int, kv_tokens: float, rollout_s: float | None = None,
               profile_s: float | None = None) -> StepTime:
-    """All phases of one step; rollout_s/profile_s may be passed in (they do not depend on lay)."""
+    """All phases of one step; rollout_s/profile_s may be passed in (they do not depend on setup)."""
     if rollout_s is None:
         rollout_s = rollout_seconds(model, cl, eng, n_seqs, w.prompts_per_step, w.prompt_len,
                                     dist, kv_tokens)
@@ -144,19 +147,20 @@ def step_time(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, lay: TrainLayo
     gpus = train_gpus(cl, place)
     peak = (cl.peak_fp8_tflops if w.fp8_training else cl.peak_bf16_tflops) * 1e12
     s1, s2 = sequence_moments(w.prompt_len, dist)
-    m = num_microbatches(w, lay, n_seqs)
+    lay = setup.layout
+    m = num_microbatches(w, setup, n_seqs)
     bubble = 1.0 + bubble_fraction(lay, m)
     tokens = n_seqs * s1
-    fwd = n_seqs * forward_flops(model, s1, s2)
+    fwd = n_seqs * mfu_forward_flops(model, s1, s2)
     logprob = w.logprob_passes * (fwd / (gpus * cl.peak_bf16_tflops * 1e12 * cl.train_mfu) * bubble
                                   + tp_comm_seconds(model, cl, lay, tokens, 1))
-    flops = n_seqs * training_flops(model, s1, lay.recompute, s2)
+    flops = n_seqs * mfu_training_flops(model, s1, setup.recompute, s2)
     opt_steps = math.ceil(n_seqs / (w.train_global_batch or n_seqs))
-    tp_passes = 3 if lay.recompute == "full" else 2
+    tp_passes = 3 if setup.recompute == "full" else 2
     train = (flops / (gpus * peak * cl.train_mfu) * bubble
              + tp_comm_seconds(model, cl, lay, tokens, tp_passes)
-             + opt_steps * dp_comm_seconds(cl, lay, mem.params))
-    share = BYTES_PARAM * total_params(model) / eng.tp
+             + opt_steps * dp_comm_seconds(cl, setup, mem.params))
+    share = BYTES_PARAM * model.total_params() / eng.tp
     if place.colocated:
         inside = lay.tp * lay.pp * lay.cp <= cl.gpus_per_node
         bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
@@ -164,14 +168,14 @@ def step_time(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, lay: TrainLayo
         offload = 2 * mem.static / (cl.host_GBps * 1e9) if w.offload_training_when_colocated else 0.0
     else:
         recv = share / (cl.internode_GBps * 1e9)
-        send = BYTES_PARAM * total_params(model) * eng.engines / (gpus * cl.internode_GBps * 1e9)
+        send = BYTES_PARAM * model.total_params() * eng.engines / (gpus * cl.internode_GBps * 1e9)
         sync = max(recv, send) + cl.sync_fixed_s
         offload = 0.0
     return StepTime(rollout=rollout_s, logprob=logprob, train=train, sync=sync, offload=offload,
                     profile=profile_s)
 
 
-def profile_seconds(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, eng: EngineLayout,
+def profile_seconds(model: ModelShape, cl: ClusterSpec, w: WorkloadSpec, eng: EngineLayout,
                     dist: LengthDist, kv_tokens: float) -> float:
     """Profiling k samples of every dataset prompt, amortised over the run's steps."""
     if not w.dataset_size or not w.profile_k:
@@ -180,11 +184,3 @@ def profile_seconds(model: ModelSpec, cl: ClusterSpec, w: WorkloadSpec, eng: Eng
                             w.prompt_len, dist, kv_tokens)
     return total / max(w.steps, 1)
 
-
-def training_tokens_per_step(w: WorkloadSpec, dist: LengthDist, n_seqs: int) -> float:
-    return n_seqs * (w.prompt_len + dist.truncated_mean)
-
-
-def model_flops_per_token(model: ModelSpec) -> float:
-    """6N for reporting (matmul weights only)."""
-    return 6.0 * matmul_params(model)

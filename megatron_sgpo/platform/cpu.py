@@ -19,7 +19,7 @@ so the *real* megatron model, pipeline schedules, DDP and optimizers run on CPU 
 :func:`enable` does nothing when CUDA is available, so none of this can leak into GPU runs; it is
 idempotent, and :func:`is_enabled` tells whether it is active. Nothing else in the project patches
 megatron. Pipeline parallelism with virtual stages additionally needs ``batch_p2p_comm=False`` on
-gloo (see :mod:`megatron_sgpo.train.model`).
+gloo (see :mod:`megatron_sgpo.model.build`).
 """
 from __future__ import annotations
 

@@ -9,40 +9,12 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_sgpo.platform import cpu
-
-
-@dataclass(frozen=True)
-class ParallelSizes:
-    """The model-parallel layout of a run; DP is derived from the world size."""
-
-    tp: int = 1
-    pp: int = 1
-    vpp: int | None = None
-    cp: int = 1
-    sequence_parallel: bool = False
-
-    def __post_init__(self):
-        for name in ("tp", "pp", "cp"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"parallel size {name}={getattr(self, name)} must be >= 1")
-        if self.vpp is not None and (self.vpp < 1 or self.pp < 2):
-            raise ValueError(f"virtual pipeline size vpp={self.vpp} needs pp >= 2 (pp={self.pp}) and vpp >= 1")
-        if self.sequence_parallel and self.tp == 1:
-            raise ValueError("sequence_parallel=True needs tp > 1 (tp=1)")
-
-    def data_parallel_size(self, world_size: int) -> int:
-        model_parallel = self.tp * self.pp * self.cp
-        if world_size % model_parallel != 0:
-            raise ValueError(
-                f"world size {world_size} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model_parallel}"
-            )
-        return world_size // model_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 
 
 def free_port() -> int:
@@ -59,14 +31,14 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_parallel(sizes: ParallelSizes, seed: int = 1234, timeout_minutes: int = 10) -> int:
+def init_parallel(layout: ParallelLayout, seed: int = 1234, timeout_minutes: int = 10) -> int:
     """Initialise the process group and megatron's parallel state; return the DP size.
 
     Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT as torchrun sets them.
     """
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    dp = sizes.data_parallel_size(world_size)
+    dp = layout.data_parallel_size(world_size)
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -89,10 +61,10 @@ def init_parallel(sizes: ParallelSizes, seed: int = 1234, timeout_minutes: int =
 
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=sizes.tp,
-            pipeline_model_parallel_size=sizes.pp,
-            virtual_pipeline_model_parallel_size=sizes.vpp,
-            context_parallel_size=sizes.cp,
+            tensor_model_parallel_size=layout.tp,
+            pipeline_model_parallel_size=layout.pp,
+            virtual_pipeline_model_parallel_size=layout.vpp,
+            context_parallel_size=layout.cp,
         )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return dp
@@ -105,3 +77,23 @@ def destroy_parallel() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+class RankZeroError(RuntimeError):
+    """Work that runs on global rank 0 only (profiling, rollout, evaluation) failed; every rank raises it."""
+
+
+def run_on_rank0(what: str, fn):
+    """Run ``fn`` on global rank 0 and broadcast its result, or its error, so no rank waits forever."""
+    payload = None
+    if dist.get_rank() == 0:
+        try:
+            payload = ("ok", fn())
+        except Exception as exc:  # re-raised on every rank below, with the original message
+            payload = ("error", f"{type(exc).__name__}: {exc}")
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise RankZeroError(f"{what} failed: {value}")
+    return value

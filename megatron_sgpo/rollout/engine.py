@@ -2,7 +2,7 @@
 
 The trainer only ever talks to a `RolloutEngine`: it asks for a *different* number of
 samples per prompt (sGPO's variable group sizes), and after each optimiser step pushes
-HF-named full tensors with a monotonically advancing integer version.
+HF-named full tensors, bucket by bucket, with a monotonically advancing integer version.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
+
+from megatron_sgpo.plugins import Registry
 
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -103,7 +105,10 @@ class RolloutEngine(abc.ABC):
 
     @abc.abstractmethod
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
-        """Load HF-named full tensors (one bucket or all) and set the weight version."""
+        """Load one bucket of HF-named full tensors and set the weight version.
+
+        The weight sync (:mod:`megatron_sgpo.weights.sync`) buckets the model and calls this once per
+        bucket, every call of one sync with the same version."""
 
     @property
     @abc.abstractmethod
@@ -132,3 +137,12 @@ class RolloutEngine(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+ENGINES = Registry(
+    "rollout engine", "a callable (rollout_config, model_path) -> RolloutEngine, e.g. a classmethod from_config",
+    builtin={"local": "megatron_sgpo.rollout.local:LocalEngine.from_config",
+             "sglang": "megatron_sgpo.rollout.sglang:SGLangClient.from_config",
+             "serve": "megatron_sgpo.rollout.sglang:SGLangClient.from_config"},
+    unavailable={"vllm": "VLLMEngine's weight update fails on vLLM's CPU build and was never run on GPU "
+                         "(megatron_sgpo/rollout/vllm.py); use local, sglang or serve"})

@@ -91,6 +91,11 @@ class LocalEngine(RolloutEngine):
         self._abort_epoch = 0
         self._released = False
 
+    @classmethod
+    def from_config(cls, rollout, model_path: str) -> "LocalEngine":
+        """The ``rollout.engine: local`` entry: the policy's own HF folder, in this process."""
+        return cls(model_path)
+
     # ----------------------------------------------------------------- setup helpers
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()

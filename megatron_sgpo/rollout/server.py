@@ -18,11 +18,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from megatron_sgpo.weights.broadcast_group import destroy_weight_group, init_weight_group, torch_dtype
+from megatron_sgpo.weights.tensor_handles import deserialize_named_tensors
+
 from .engine import EngineError
 from .local import LocalEngine
-from .pgroup import destroy_weight_group, init_weight_group, torch_dtype
 from .protocol import completion_to_json, normalize_generate_request
-from .serial import deserialize_named_tensors
 
 
 class HTTPError(Exception):

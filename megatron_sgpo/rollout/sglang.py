@@ -14,22 +14,28 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import requests
 import torch
 from requests.adapters import HTTPAdapter
 
-from megatron_sgpo.weights.reshard import buckets
+from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
+from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
 
-from .engine import (Completion, EngineError, NamedTensors, RolloutEngine, SamplingParams, check_generate_args,
-                     sample_seed)
-from .launcher import SGLangLauncher, ServerLaunchError  # noqa: F401  (re-exported)
-from .pgroup import destroy_weight_group, dtype_name, init_weight_group
+from .engine import (
+    Completion,
+    EngineError,
+    NamedTensors,
+    RolloutEngine,
+    SamplingParams,
+    check_generate_args,
+    sample_seed,
+)
+from .launcher import ServerLaunchError, SGLangLauncher  # noqa: F401  (re-exported)
 from .protocol import parse_completion, to_sglang_sampling
-from .serial import serialize_named_tensors
 
 _RETRY_STATUS = {502, 503, 504}
 
@@ -39,15 +45,14 @@ class SGLangClient(RolloutEngine):
 
     def __init__(self, url: str, launcher: Optional[SGLangLauncher] = None, max_concurrency: int = 32,
                  timeout_s: float = 600.0, connect_timeout_s: float = 5.0, max_retries: int = 3,
-                 backoff_s: float = 0.5, tp_size: int = 1, weight_sync: str = "tensor",
-                 bucket_bytes: int = 512 << 20):
+                 backoff_s: float = 0.5, tp_size: int = 1, weight_sync: str = "tensor"):
         if weight_sync not in ("tensor", "distributed"):
             raise ValueError(f"weight_sync must be 'tensor' or 'distributed', got {weight_sync!r}")
         self.url = url.rstrip("/")
         self.launcher = launcher
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
-        self.tp_size, self.weight_sync, self.bucket_bytes = tp_size, weight_sync, bucket_bytes
+        self.tp_size, self.weight_sync = tp_size, weight_sync
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_concurrency + 4, max_retries=0)
         self.session.mount("http://", adapter)
@@ -59,6 +64,11 @@ class SGLangClient(RolloutEngine):
         self._group = None
         self._closed = False
         self.attempts = 0  # HTTP attempts made, retries included (observable in tests and logs)
+
+    @classmethod
+    def from_config(cls, rollout, model_path: str) -> "SGLangClient":
+        """The ``rollout.engine: sglang`` (and ``serve``) entry: a server already running at ``rollout.url``."""
+        return cls(rollout.url, tp_size=rollout.tp_size, weight_sync=rollout.weight_sync)
 
     # ------------------------------------------------------------------ transport
     def _context(self) -> str:
@@ -179,11 +189,11 @@ class SGLangClient(RolloutEngine):
 
     # ------------------------------------------------------------------ weights
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
-        """Bucketed sync through the configured transport (tensor handles or NCCL/gloo broadcast)."""
-        send = self.update_weights_from_tensor if self.weight_sync == "tensor" else self.update_weights_from_distributed
-        for bucket in buckets(named_tensors, self.bucket_bytes):
-            send(bucket, version)
-        self._version = int(version)
+        """One bucket through the configured transport (tensor handles or NCCL/gloo broadcast)."""
+        if self.weight_sync == "tensor":
+            self.update_weights_from_tensor(named_tensors, version)
+        else:
+            self.update_weights_from_distributed(named_tensors, version)
 
     def update_weights_from_tensor(self, named_tensors: NamedTensors, version: int) -> None:
         items = [(n, t.detach().contiguous()) for n, t in named_tensors]  # kept alive until the reply

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from megatron_sgpo.tasks.dataset import TaskItem
+from megatron_sgpo.tasks.registry import BUNDLED_POLICY, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,11 @@ class ArithVerifier:
         if not _INT.match(got):
             return 0.0
         return float(int(got) == int(item.answer))
+
+
+def make_items(size: int, seed: int) -> list[TaskItem]:
+    """``size`` items spread evenly over the levels (round-robin), deterministic in seed."""
+    return generate(-(-size // len(LEVELS)), seed=seed)[:size]
+
+
+TASK = TaskSpec("arith", make_items, verifier="arith", policy=BUNDLED_POLICY)

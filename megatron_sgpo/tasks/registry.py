@@ -1,7 +1,9 @@
-"""Tasks by name, so configs and the CLI can say ``task: arith`` or ``task: gym:countdown``.
+"""Tasks by name, so configs and the CLI can say ``task: arith``, ``task: gym:countdown`` or ``task: my_tasks:TASK``.
 
-A task couples an item generator with the verifier that scores it (and, for arith, the
-bundled policy trained on it), so a run cannot pair prompts with the wrong checker.
+A task couples an item generator with the verifier that scores it (and, for arith, the bundled
+policy trained on it), so a run cannot pair prompts with the wrong checker. Contract of a plug-in
+task: a :class:`TaskSpec`, or a function ``(size, seed) -> list[TaskItem]`` (then ``data.verifier``
+names the verifier).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from megatron_sgpo.plugins import PluginError, Registry
 from megatron_sgpo.tasks.dataset import TaskItem
 
 BUNDLED_POLICY = Path(__file__).resolve().parents[1] / "assets" / "arith-llama-tiny"
@@ -17,17 +20,13 @@ BUNDLED_POLICY = Path(__file__).resolve().parents[1] / "assets" / "arith-llama-t
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    verifier: str  # a name for verifiers.get_verifier
-    make_items: Callable[[int, int], list[TaskItem]]  # (size, seed) -> items
+    make_items: Callable[[int, int], list[TaskItem]]  # (size, seed) -> items, deterministic in seed
+    verifier: str | None = None  # the task's verifier (a VERIFIERS name or dotted path); None: data.verifier decides
     policy: Path | None = None  # a bundled HF policy folder trained for this task, if any
 
 
-def _arith_items(size: int, seed: int) -> list[TaskItem]:
-    """``size`` items spread evenly over the levels (round-robin), deterministic in seed."""
-    from megatron_sgpo.tasks import arith
-
-    per_level = -(-size // len(arith.LEVELS))
-    return arith.generate(per_level, seed=seed)[:size]
+TASKS = Registry("task", "a TaskSpec, or a function (size, seed) -> list[TaskItem]",
+                 builtin={"arith": "megatron_sgpo.tasks.arith:TASK"})
 
 
 def _gym_items(task: str) -> Callable[[int, int], list[TaskItem]]:
@@ -38,15 +37,13 @@ def _gym_items(task: str) -> Callable[[int, int], list[TaskItem]]:
     return make
 
 
-TASKS: dict[str, TaskSpec] = {
-    "arith": TaskSpec("arith", "arith", _arith_items, policy=BUNDLED_POLICY),
-}
-
-
 def get_task(name: str) -> TaskSpec:
-    """A registered task, or ``gym:<reasoning-gym task>`` for any reasoning-gym dataset."""
-    if name in TASKS:
-        return TASKS[name]
+    """A built-in task, ``gym:<reasoning-gym task>`` for any reasoning-gym dataset, or a plug-in by dotted path."""
     if name.startswith("gym:") and len(name) > 4:
-        return TaskSpec(name, "gym", _gym_items(name[4:]))
-    raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)} or gym:<reasoning-gym task>")
+        return TaskSpec(name, _gym_items(name[4:]), verifier="gym")
+    obj = TASKS.resolve(name)
+    if isinstance(obj, TaskSpec):
+        return obj
+    if callable(obj):
+        return TaskSpec(name, obj)
+    raise PluginError(f"task {name!r} is a {type(obj).__name__}, not {TASKS.contract}")

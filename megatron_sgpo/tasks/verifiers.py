@@ -6,6 +6,9 @@ therefore runs any verifier in a worker thread with a timeout and turns exceptio
 and timeouts into reward 0 with a counted warning. Only when every item of a batch
 fails is the verifier itself assumed broken (wrong task name, missing dependency), and
 that raises an error naming it.
+
+``VERIFIERS`` resolves a config's ``data.verifier``: a built-in name or a plug-in by dotted path
+(``my_rewards:score``), which may be a plain function ``(item, response_text) -> float``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+from megatron_sgpo.plugins import PluginError, Registry
 from megatron_sgpo.tasks.dataset import TaskItem
 
 log = logging.getLogger(__name__)
@@ -224,22 +228,36 @@ class GymVerifier:
         return 1.0 if self._dataset(task).score_answer(answer, entry) >= 1.0 else 0.0
 
 
-def _arith() -> Verifier:
-    from megatron_sgpo.tasks.arith import ArithVerifier
+VERIFIERS = Registry(
+    "verifier", "a class or object with score(item, response_text) -> float, or such a function",
+    builtin={"math": "megatron_sgpo.tasks.verifiers:MathVerifier",
+             "exact": "megatron_sgpo.tasks.verifiers:ExactAnswerVerifier",
+             "gym": "megatron_sgpo.tasks.verifiers:GymVerifier",
+             "arith": "megatron_sgpo.tasks.arith:ArithVerifier"})
 
-    return ArithVerifier()
+
+class FunctionVerifier:
+    """A plain reward function ``(item, response_text) -> float`` as a Verifier."""
+
+    def __init__(self, name: str, fn: Callable[[TaskItem, str], float]):
+        self.name, self.fn = name, fn
+
+    def score(self, item: TaskItem, response_text: str) -> float:
+        return self.fn(item, response_text)
 
 
-VERIFIERS: dict[str, Callable[[], Verifier]] = {
-    "math": MathVerifier,
-    "exact": ExactAnswerVerifier,
-    "gym": GymVerifier,
-    "arith": _arith,
-}
+def make_verifier(name: str) -> Verifier:
+    """A built-in verifier or a plug-in by dotted path (classes are instantiated without arguments)."""
+    obj = VERIFIERS.resolve(name)
+    if isinstance(obj, type):
+        obj = obj()
+    if callable(getattr(obj, "score", None)):
+        return obj
+    if callable(obj):
+        return FunctionVerifier(name, obj)
+    raise PluginError(f"verifier {name!r} is a {type(obj).__name__}, not {VERIFIERS.contract}")
 
 
 def get_verifier(name: str, timeout_s: float | None = 10.0) -> GuardedVerifier:
-    """A registered verifier by name, wrapped in GuardedVerifier."""
-    if name not in VERIFIERS:
-        raise KeyError(f"unknown verifier {name!r}; known: {sorted(VERIFIERS)}")
-    return GuardedVerifier(VERIFIERS[name](), timeout_s=timeout_s)
+    """A verifier by name or dotted path, wrapped in GuardedVerifier."""
+    return GuardedVerifier(make_verifier(name), timeout_s=timeout_s)

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.platform.dist import ParallelSizes, device
-from megatron_sgpo.train.model import ModelOptions, build_model, load_hf_config
+from megatron_sgpo.model.build import ModelOptions, build_model
+from megatron_sgpo.model.hf_config import load_hf_config
+from megatron_sgpo.platform.dist import device
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.step import LossFn, MicroBatch, forward_backward
 
 
@@ -39,14 +41,18 @@ class OptimConfig:
 class Policy:
     """Model chunks + DDP + optimizer for one rank, built from an HF config."""
 
-    def __init__(self, hf_config, sizes: ParallelSizes, dp_size: int, options: ModelOptions = ModelOptions(),
+    def __init__(self, hf_config, layout: ParallelLayout, dp_size: int, options: ModelOptions = ModelOptions(),
                  optim: OptimConfig = OptimConfig()):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.hf_config = load_hf_config(hf_config)
-        self.sizes, self.dp_size, self.options = sizes, dp_size, options
-        chunks = build_model(self.hf_config, sizes, options)
+        self.layout, self.dp_size, self.options = layout, dp_size, options
+        chunks = build_model(self.hf_config, layout, options)
         config = chunks[0].config
         config.finalize_model_grads_func = finalize_model_grads
         ddp_config = DistributedDataParallelConfig(
@@ -81,10 +87,10 @@ class Policy:
         Collective. With an HFCheckpoint, tensors that no rank used are an error (config/checkpoint mismatch)."""
         from megatron.core import parallel_state
 
-        from megatron_sgpo.weights.load import ReadRecorder, check_all_used, load_hf_weights
-        from megatron_sgpo.weights.mapping import WeightMapping
+        from megatron_sgpo.model.load import ReadRecorder, check_all_used, load_hf_weights
+        from megatron_sgpo.model.mapping import WeightMapping
 
-        mapping = WeightMapping(self.hf_config, self.sizes.tp, self.options.make_vocab_size_divisible_by)
+        mapping = WeightMapping(self.hf_config, self.layout.tp, self.options.make_vocab_size_divisible_by)
         reader = ReadRecorder(hf)
         loaded = load_hf_weights(self.modules(), reader, mapping, parallel_state.get_tensor_model_parallel_rank())
         if hasattr(hf, "names"):  # a checkpoint folder: every tensor in it must have found a place

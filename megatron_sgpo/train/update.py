@@ -7,35 +7,14 @@ batching, which is what makes the gradient independent of DP size and micro-batc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from megatron_sgpo.algo.loss import LossConfig, policy_loss
-from megatron_sgpo.batch import CostModel, ParallelLayout, make_batches
+from megatron_sgpo.algo.samples import StepSamples
+from megatron_sgpo.batch import CostModel, length_multiple, make_batches
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.step import MicroBatch, collate
-
-
-@dataclass
-class StepSamples:
-    """The samples of one step, identical on every rank."""
-
-    sequences: list[list[int]]  # prompt + response token ids
-    prompt_lens: list[int]
-    group_ids: np.ndarray
-    advantages: np.ndarray  # per sample, already normalised within its group
-    weights: np.ndarray | None = None  # importance weights (cost-aware selection), default 1
-
-    def __post_init__(self):
-        n = len(self.sequences)
-        if not (len(self.prompt_lens) == len(self.group_ids) == len(self.advantages) == n):
-            raise ValueError("StepSamples fields must all have one entry per sample")
-        if n == 0:
-            raise ValueError("a step needs at least one sample")
-
-    def response_tokens(self) -> int:
-        return int(sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens)))
 
 
 def normalizer(samples: StepSamples, loss: LossConfig) -> float:
@@ -45,13 +24,14 @@ def normalizer(samples: StepSamples, loss: LossConfig) -> float:
 
 def rank_micro_batches(samples: StepSamples, layout: ParallelLayout, dp_rank: int, max_tokens: int,
                        cost: CostModel, pad_id: int = 0) -> list[MicroBatch]:
-    """This DP rank's micro-batches, with per-sample advantage and weight fields."""
+    """This DP rank's micro-batches, padded as the layout requires, with per-sample advantage and weight fields."""
     lengths = np.array([len(s) for s in samples.sequences], dtype=np.int64)
     plan = make_batches(lengths, np.asarray(samples.group_ids), layout, max_tokens, cost, mode="padded")
     weights = samples.weights if samples.weights is not None else np.ones(len(lengths))
     out = []
     for idx in plan.per_rank[dp_rank]:
-        mb = collate([samples.sequences[i] for i in idx], [samples.prompt_lens[i] for i in idx], pad_id)
+        mb = collate([samples.sequences[i] for i in idx], [samples.prompt_lens[i] for i in idx], pad_id,
+                     pad_to_multiple=length_multiple(layout))
         mb.fields["advantages"] = torch.as_tensor(np.asarray(samples.advantages)[idx], dtype=torch.float32)
         mb.fields["weights"] = torch.as_tensor(np.asarray(weights)[idx], dtype=torch.float32)
         mb.fields["index"] = torch.as_tensor(idx, dtype=torch.long)

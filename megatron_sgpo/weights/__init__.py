@@ -1,0 +1,1 @@
+"""Weight sync: trained megatron shards -> HF-named tensors -> rollout engines, and the transports it uses."""

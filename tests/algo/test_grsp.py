@@ -69,9 +69,9 @@ def test_apply_is_group_relative():
 
 
 def test_validation():
-    with pytest.raises(ValueError, match="weighting must be 'descending' or 'ascending'"):
+    with pytest.raises(ValueError, match="weighting must be one of 'descending', 'ascending'; got 'flat'"):
         GRSPConfig(weighting="flat")
-    with pytest.raises(ValueError, match="target must be 'advantage' or 'reward'"):
+    with pytest.raises(ValueError, match="target must be one of 'advantage', 'reward'; got 'logits'"):
         GRSPConfig(target="logits")
     with pytest.raises(ValueError, match=r"values must have one entry per text \(2\)"):
         apply_grsp([1.0], ["a", "b"], GRSPConfig())

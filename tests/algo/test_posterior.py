@@ -9,14 +9,14 @@ from megatron_sgpo.algo.profile import PromptProfile
 
 
 def test_default_is_off():
-    assert OnlinePosteriorConfig().online is False
+    assert OnlinePosteriorConfig().enabled is False
 
 
 def test_decayed_update_by_hand():
     t = PosteriorTracker.from_profiles(
         [PromptProfile("a", 1, 4, 5.0, 2.0, 4.0)],
         PlanConfig(n_min=2, n_max=16),
-        OnlinePosteriorConfig(online=True, decay=0.5),
+        OnlinePosteriorConfig(enabled=True, decay=0.5),
     )
     # alpha: 0.5*(2-1)+1+3 = 4.5 ; beta: 0.5*(4-1)+1+1 = 3.5
     assert t.update("a", [1, 1, 1, 0]) == (4.5, 3.5)
@@ -28,7 +28,7 @@ def test_decayed_update_by_hand():
 
 
 def test_no_decay_accumulates_counts():
-    t = PosteriorTracker(PlanConfig(), OnlinePosteriorConfig(online=True, decay=1.0))
+    t = PosteriorTracker(PlanConfig(), OnlinePosteriorConfig(enabled=True, decay=1.0))
     for _ in range(3):
         t.update("x", [1, 0])
     assert t.posterior("x") == (4.0, 4.0)
@@ -42,7 +42,7 @@ def test_reprofile_schedule():
 
 
 def test_roundtrip_and_validation():
-    t = PosteriorTracker(PlanConfig(n_max=8), OnlinePosteriorConfig(online=True, decay=0.9, prior=(2, 2)))
+    t = PosteriorTracker(PlanConfig(n_max=8), OnlinePosteriorConfig(enabled=True, decay=0.9, prior=(2, 2)))
     t.update(3, [1.0, 0.0, 1.0])
     back = PosteriorTracker.from_dict(json.loads(json.dumps(t.to_dict())))
     assert back.posterior(3) == t.posterior(3) and back.cfg == t.cfg and back.plan_cfg == t.plan_cfg

@@ -1,13 +1,16 @@
 """Balance quality: the plan beats naive assignment by a margin a weak algorithm cannot meet."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from megatron_sgpo.batch import CostModel, ParallelLayout, make_batches, pad_length, partition, plan_from_assignment
+from megatron_sgpo.batch import CostModel, make_batches, pad_length, partition, plan_from_assignment
 from megatron_sgpo.batch.multiway import _lpt
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
-COST = CostModel.from_dims(hidden=512, layers=4, heads=8, head_dim=64, ffn=1536, vocab=32000)
-LLAMA_8B = CostModel.from_dims(hidden=4096, layers=32, heads=32, head_dim=128, ffn=14336, vocab=128256, kv_heads=8)
+COST = CostModel.from_shape(ModelShape(hidden=512, layers=4, heads=8, kv_heads=8, head_dim=64, ffn=1536, vocab=32000))
+LLAMA_8B = CostModel.from_shape(ModelShape(hidden=4096, layers=32, heads=32, head_dim=128, ffn=14336, vocab=128256, kv_heads=8))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

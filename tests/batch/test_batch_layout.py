@@ -1,22 +1,26 @@
 """ParallelLayout validation and the padding rules of pad_length."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from megatron_sgpo.batch.layout import ParallelLayout, length_multiple, pad_length
+from megatron_sgpo.batch.padding import length_multiple, pad_length
+from megatron_sgpo.platform.layout import ParallelLayout
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(dp=0), "dp must be an integer >= 1"),
+        (dict(dp=0), "dp must be None or an integer >= 1"),
         (dict(tp=2.0), "tp must be an integer >= 1"),
         (dict(cp=True), "cp must be an integer >= 1"),
+        (dict(tp=0), "tp must be an integer >= 1, got 0"),
         (dict(pp=1, vpp=2), r"vpp=2 needs pipeline parallelism \(pp >= 2\), got pp=1"),
         (dict(pp=2, vpp=0), "vpp must be None or an integer >= 1"),
         (dict(tp=1, sequence_parallel=True), r"sequence_parallel=True needs tensor parallelism \(tp >= 2\)"),
-        (dict(fp8_recipe="delayed"), "fp8_recipe='delayed' given but fp8=False"),
-        (dict(fp8=True, fp8_recipe="fp4"), "fp8_recipe must be one of"),
+        (dict(fp8_recipe="delayed"), "fp8_recipe='delayed' given but fp8 is off"),
+        (dict(fp8="e5m2"), "fp8 must be one of"),
+        (dict(fp8="e4m3", fp8_recipe="fp4"), "fp8_recipe must be one of"),
     ],
 )
 def test_invalid_layouts_are_rejected_with_the_reason(kwargs, message):
@@ -35,13 +39,13 @@ def test_invalid_layouts_are_rejected_with_the_reason(kwargs, message):
         (dict(tp=2, cp=2, sequence_parallel=True), 4),
         (dict(tp=4, cp=2, sequence_parallel=True), 8),  # lcm(4, 2·2) = 4 would leave 2 tokens per CP rank for 4 SP ranks
         (dict(tp=3, cp=2, sequence_parallel=True), 12),
-        (dict(fp8=True), 16),
-        (dict(fp8=True, fp8_recipe="tensorwise"), 16),
-        (dict(fp8=True, fp8_recipe="blockwise"), 128),
-        (dict(fp8=True, fp8_recipe="mxfp8"), 128),
-        (dict(fp8=True, tp=3, sequence_parallel=True), 48),
-        (dict(fp8=True, cp=3), 48),
-        (dict(fp8=True, fp8_recipe="blockwise", cp=2, tp=8, sequence_parallel=True), 256),
+        (dict(fp8="e4m3"), 16),
+        (dict(fp8="e4m3", fp8_recipe="tensorwise"), 16),
+        (dict(fp8="e4m3", fp8_recipe="blockwise"), 128),
+        (dict(fp8="e4m3", fp8_recipe="mxfp8"), 128),
+        (dict(fp8="e4m3", tp=3, sequence_parallel=True), 48),
+        (dict(fp8="e4m3", cp=3), 48),
+        (dict(fp8="e4m3", fp8_recipe="blockwise", cp=2, tp=8, sequence_parallel=True), 256),
     ],
 )
 def test_length_multiple_is_the_lcm_of_the_rules_that_apply(kwargs, multiple):
@@ -54,7 +58,7 @@ def test_length_multiple_is_the_lcm_of_the_rules_that_apply(kwargs, multiple):
 
 layouts = st.builds(
     lambda tp, sp, cp, fp8, recipe: ParallelLayout(
-        tp=tp, sequence_parallel=sp and tp > 1, cp=cp, fp8=fp8, fp8_recipe=recipe if fp8 else None
+        tp=tp, sequence_parallel=sp and tp > 1, cp=cp, fp8="e4m3" if fp8 else None, fp8_recipe=recipe if fp8 else None
     ),
     st.integers(1, 8),
     st.booleans(),

@@ -1,12 +1,15 @@
 """make_batches invariants: a plan moves samples, never adds, drops or repeats one."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from megatron_sgpo.batch import CostModel, ParallelLayout, make_batches, pad_length, partition, plan_from_assignment
+from megatron_sgpo.batch import CostModel, make_batches, pad_length, partition, plan_from_assignment
 from megatron_sgpo.batch.pack import split_to_count
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
-COST = CostModel.from_dims(hidden=512, layers=4, heads=8, head_dim=64, ffn=1536, vocab=32000)
+COST = CostModel.from_shape(ModelShape(hidden=512, layers=4, heads=8, kv_heads=8, head_dim=64, ffn=1536, vocab=32000))
 
 
 @st.composite
@@ -17,7 +20,7 @@ def steps(draw):
     tp = draw(st.sampled_from([1, 2, 4]))
     layout = ParallelLayout(
         dp=dp, pp=pp, vpp=vpp, tp=tp, sequence_parallel=tp > 1 and draw(st.booleans()),
-        cp=draw(st.sampled_from([1, 2])), fp8=draw(st.booleans()),
+        cp=draw(st.sampled_from([1, 2])), fp8=draw(st.sampled_from([None, "e4m3"])),
     )
     n_groups = draw(st.integers(dp, 4 * dp + 8))
     sizes = draw(st.lists(st.integers(1, 12), min_size=n_groups, max_size=n_groups))
@@ -59,7 +62,7 @@ def test_plan_invariants(step):
 
 
 def test_over_long_sample_names_index_padded_length_and_budget():
-    layout = ParallelLayout(fp8=True)
+    layout = ParallelLayout(dp=1, fp8="e4m3")
     lengths = np.array([10, 20, 30, 100, 300])
     with pytest.raises(ValueError) as err:
         make_batches(lengths, np.arange(5), layout, 100, COST)

@@ -3,9 +3,10 @@ import math
 
 import pytest
 
-from megatron_sgpo.cluster import ClusterSpec, EngineLayout, GroupSizeBeta, LengthDist, ModelSpec
+from megatron_sgpo.cluster import ClusterSpec, EngineLayout, GroupSizeBeta, LengthDist
 from megatron_sgpo.cluster.lengths import mean_group_size_beta
 from megatron_sgpo.cluster.timing import rollout_seconds
+from megatron_sgpo.model.flops import ModelShape
 
 
 def test_truncated_moments_match_untruncated_lognormal_when_cap_is_far():
@@ -41,7 +42,7 @@ def test_group_size_from_concentrated_beta_is_ceil_one_over_p():
     assert mean_group_size_beta(GroupSizeBeta(10, 9990, 2, 16)) == pytest.approx(16.0)
 
 
-M = ModelSpec(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)
+M = ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)
 CL = ClusterSpec(nodes=1, gpus_per_node=8, gpu_memory_gib=80, peak_bf16_tflops=989,
                  peak_fp8_tflops=1979, hbm_GBps=3350, nvlink_GBps=450, internode_GBps=50)
 

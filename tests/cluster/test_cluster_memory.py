@@ -1,11 +1,19 @@
 """Memory formulas (Korthikanti et al. 2022 activations, Adam bytes, KV cache) against hand values."""
 import pytest
 
-from megatron_sgpo.cluster import EngineLayout, ModelSpec, TrainLayout
-from megatron_sgpo.cluster.memory import (activation_bytes_per_layer, colocated_peak, engine_memory,
-                                          in_flight_microbatches, kv_bytes_per_token, stage_memory,
-                                          train_memory)
+from megatron_sgpo.cluster import EngineLayout, TrainSetup
+from megatron_sgpo.cluster.memory import (
+    activation_bytes_per_layer,
+    colocated_peak,
+    engine_memory,
+    in_flight_microbatches,
+    kv_bytes_per_token,
+    stage_memory,
+    train_memory,
+)
 from megatron_sgpo.cluster.spec import GIB
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
 S, B, H, A, T = 2048, 2, 4096, 32, 4
 SBH = S * B * H
@@ -41,34 +49,33 @@ def test_in_flight_microbatches_1f1b_and_interleaved():
     assert in_flight_microbatches(4, 2, 8) == pytest.approx(4 * (1 + 3 / 8))
 
 
-SMALL = ModelSpec(hidden=1024, layers=8, heads=16, kv_heads=4, ffn=4096, vocab=32000)
+SMALL = ModelShape(hidden=1024, layers=8, heads=16, kv_heads=4, ffn=4096, vocab=32000)
 
 
 def test_weights_grads_and_adam_bytes_with_distributed_optimizer():
-    lay = TrainLayout(tp=2, pp=2, dp=4, sequence_parallel=True, distributed_optimizer=True)
-    first = stage_memory(SMALL, lay, 512, 8, 0.0, "first")
+    lay = ParallelLayout(tp=2, pp=2, dp=4, sequence_parallel=True)
+    first = stage_memory(SMALL, TrainSetup(lay, distributed_optimizer=True), 512, 8, 0.0, "first")
     layer = 1024 * 64 * (32 + 8) + 3 * 1024 * 4096 + 2 * 1024
     params = (4 * layer + 32000 * 1024) / 2  # 4 layers + embedding (32000 = 125*256, no padding)
     assert first.params == params
     assert first.weights == 2 * params and first.grads == 4 * params
     assert first.optimizer == pytest.approx(12 * params / 4)
-    plain = stage_memory(SMALL, TrainLayout(tp=2, pp=2, dp=4, sequence_parallel=True,
-                                            distributed_optimizer=False), 512, 8, 0.0, "first")
+    plain = stage_memory(SMALL, TrainSetup(lay, distributed_optimizer=False), 512, 8, 0.0, "first")
     assert plain.optimizer == pytest.approx(12 * params)
 
 
 def test_last_stage_holds_output_layer_and_logits_first_holds_in_flight_activations():
-    lay = TrainLayout(tp=2, pp=4, dp=1, sequence_parallel=True)
-    first = stage_memory(SMALL, lay, 512, 8, 0.0, "first")
-    last = stage_memory(SMALL, lay, 512, 8, 0.0, "last")
+    setup = TrainSetup(ParallelLayout(tp=2, pp=4, dp=1, sequence_parallel=True))
+    first = stage_memory(SMALL, setup, 512, 8, 0.0, "first")
+    last = stage_memory(SMALL, setup, 512, 8, 0.0, "last")
     assert last.params - first.params == 1024 / 2  # final norm; embedding and output same size
     assert first.logits == 0 and last.logits == 2 * 4 * 512 * 32000 / 2
     assert first.activations == pytest.approx(4 * last.activations)  # 4 in flight vs 1
-    assert train_memory(SMALL, lay, 512, 8, 0.0).total == max(first.total, last.total)
+    assert train_memory(SMALL, setup, 512, 8, 0.0).total == max(first.total, last.total)
 
 
 def test_kv_bytes_per_token_llama70b_shape():
-    m = ModelSpec(hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256)
+    m = ModelShape(hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256)
     assert kv_bytes_per_token(m, 1) == 2 * 80 * 8 * 128 * 2 == 327_680
     assert kv_bytes_per_token(m, 8) == 40_960
     assert kv_bytes_per_token(m, 16) == 40_960  # KV heads replicated beyond 8-way TP
@@ -83,8 +90,7 @@ def test_engine_kv_capacity_is_what_the_fraction_leaves():
 
 
 def test_colocated_peak_depends_on_offload():
-    lay = TrainLayout(tp=1, pp=1, dp=1)
-    tm = stage_memory(SMALL, lay, 512, 1, GIB, "first")
+    tm = stage_memory(SMALL, TrainSetup(ParallelLayout(dp=1)), 512, 1, GIB, "first")
     em = engine_memory(SMALL, EngineLayout(1, 1), 80 * GIB, 0.6, 2 * GIB)
     peak_off, phase_off = colocated_peak(tm, em, True, GIB)
     peak_on, _ = colocated_peak(tm, em, False, GIB)

@@ -4,8 +4,18 @@ from pathlib import Path
 
 import pytest
 
-from megatron_sgpo.cluster import (ClusterSpec, EngineLayout, ModelSpec, Placement, PlanInputs,
-                                   Planner, TrainLayout, WorkloadSpec, load_inputs)
+from megatron_sgpo.cluster import (
+    ClusterSpec,
+    EngineLayout,
+    Placement,
+    PlanInputs,
+    Planner,
+    TrainSetup,
+    WorkloadSpec,
+    load_inputs,
+)
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA70B = ROOT / "examples/configs/llama-3.3-70b-config.json"
@@ -23,8 +33,8 @@ def planner(model, cluster=CLUSTER, work=WORK):
 
 
 def test_heads_not_divisible_by_tp_is_rejected_with_numbers():
-    m = ModelSpec(hidden=384, layers=4, heads=6, kv_heads=2, ffn=1024, vocab=1000)
-    c = planner(m).evaluate(TrainLayout(tp=4, pp=1, dp=2, sequence_parallel=True),
+    m = ModelShape(hidden=384, layers=4, heads=6, kv_heads=2, ffn=1024, vocab=1000)
+    c = planner(m).evaluate(TrainSetup(ParallelLayout(tp=4, pp=1, dp=2, sequence_parallel=True)),
                             EngineLayout(2, 4), COLOC)
     assert not c.feasible
     assert "heads=6 not divisible by TP=4" in c.reasons
@@ -32,16 +42,16 @@ def test_heads_not_divisible_by_tp_is_rejected_with_numbers():
 
 
 def test_layers_not_divisible_by_pp_is_rejected():
-    m = ModelSpec(hidden=256, layers=3, heads=4, kv_heads=4, ffn=1024, vocab=1000)
-    c = planner(m).evaluate(TrainLayout(tp=1, pp=2, dp=4), EngineLayout(1, 8), COLOC)
+    m = ModelShape(hidden=256, layers=3, heads=4, kv_heads=4, ffn=1024, vocab=1000)
+    c = planner(m).evaluate(TrainSetup(ParallelLayout(tp=1, pp=2, dp=4)), EngineLayout(1, 8), COLOC)
     assert c.reasons == ["layers=3 not divisible by PP=2"]
 
 
 def test_memory_over_capacity_is_rejected_with_the_numbers():
-    m = ModelSpec(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)  # ~8B
+    m = ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)  # ~8B
     small = ClusterSpec(**{**CLUSTER.__dict__, "gpu_memory_gib": 24.0})
-    c = planner(m, small).evaluate(TrainLayout(tp=1, pp=1, dp=8), EngineLayout(8, 1),
-                                   Placement(True, 1, 1))
+    c = planner(m, small).evaluate(TrainSetup(ParallelLayout(tp=1, pp=1, dp=8)),
+                                   EngineLayout(8, 1), Placement(True, 1, 1))
     assert not c.feasible
     (why,) = [r for r in c.reasons if r.startswith("memory")]
     assert "> 24.0 GiB" in why and "optimizer" in why
@@ -50,16 +60,16 @@ def test_memory_over_capacity_is_rejected_with_the_numbers():
 
 
 def test_the_same_layout_fits_on_a_bigger_gpu():
-    m = ModelSpec(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)
-    c = planner(m).evaluate(TrainLayout(tp=2, pp=1, dp=4, sequence_parallel=True),
+    m = ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256)
+    c = planner(m).evaluate(TrainSetup(ParallelLayout(tp=2, pp=1, dp=4, sequence_parallel=True)),
                             EngineLayout(1, 8), COLOC)
     assert c.feasible, c.reasons
     assert c.time.total == pytest.approx(sum(v for k, v in c.time.as_dict().items() if k != "total"))
 
 
 def test_plan_ranks_feasible_by_step_time_and_explains_every_rejection():
-    m = ModelSpec(hidden=1024, layers=8, heads=16, kv_heads=8, ffn=4096, vocab=32000)
-    p = planner(m).plan()
+    m = ModelShape(hidden=1024, layers=8, heads=16, kv_heads=8, ffn=4096, vocab=32000)
+    p = planner(m).rank()
     times = [c.time.total for c in p.feasible]
     assert times and times == sorted(times)
     assert all(c.reasons for c in p.rejected)
@@ -74,7 +84,7 @@ def llama70b():
 def test_nemo_rl_70b_recipe_layout_is_feasible_on_8x8_h100(llama70b):
     # NeMo-RL grpo_math_70B_megatron.yaml: Megatron TP4/PP4 on 8x8 H100, vLLM TP8 colocated
     pl = Planner(llama70b)
-    c = pl.evaluate(TrainLayout(tp=4, pp=4, dp=4, sequence_parallel=True),
+    c = pl.evaluate(TrainSetup(ParallelLayout(tp=4, pp=4, dp=4, sequence_parallel=True)),
                     EngineLayout(tp=8, engines=8), Placement(True, 8, 8))
     assert c.feasible, c.reasons
     assert c.peak_bytes / 2**30 < 79.6
@@ -82,8 +92,8 @@ def test_nemo_rl_70b_recipe_layout_is_feasible_on_8x8_h100(llama70b):
 
 
 def test_70b_cannot_train_unsharded(llama70b):
-    c = Planner(llama70b).evaluate(TrainLayout(tp=1, pp=1, dp=64), EngineLayout(8, 8),
-                                   Placement(True, 8, 8))
+    c = Planner(llama70b).evaluate(TrainSetup(ParallelLayout(tp=1, pp=1, dp=64)),
+                                   EngineLayout(8, 8), Placement(True, 8, 8))
     assert not c.feasible and c.reasons[0].startswith("memory")
 
 

@@ -3,9 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from megatron_sgpo.cluster import ClusterSpec, ModelSpec, TrainLayout, load_inputs
+from megatron_sgpo.cluster import ClusterSpec, TrainSetup, load_inputs
 from megatron_sgpo.cluster.spec import workload_from_dict
 from megatron_sgpo.cluster.timing import bubble_fraction, dp_comm_seconds, tp_comm_seconds
+from megatron_sgpo.model.flops import ModelShape
+from megatron_sgpo.platform.layout import ParallelLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 CL = ClusterSpec(nodes=2, gpus_per_node=8, gpu_memory_gib=80, peak_bf16_tflops=989,
@@ -14,25 +16,25 @@ CL = ClusterSpec(nodes=2, gpus_per_node=8, gpu_memory_gib=80, peak_bf16_tflops=9
 
 def test_dp_reduction_uses_nvlink_inside_a_node_and_the_fabric_across():
     p = 1e9
-    inside = TrainLayout(tp=2, pp=1, dp=4, distributed_optimizer=True)  # 8 GPUs: one node
+    inside = TrainSetup(ParallelLayout(tp=2, pp=1, dp=4), distributed_optimizer=True)  # one node
     assert dp_comm_seconds(CL, inside, p) == pytest.approx(3 / 4 * p * 6 / 400e9)
-    across = TrainLayout(tp=8, pp=1, dp=2, distributed_optimizer=False)  # DP peers on two nodes
+    across = TrainSetup(ParallelLayout(tp=8, pp=1, dp=2), distributed_optimizer=False)  # two nodes
     assert dp_comm_seconds(CL, across, p) == pytest.approx(1 / 2 * p * 8 / 50e9)
-    assert dp_comm_seconds(CL, TrainLayout(tp=8, pp=2, dp=1), p) == 0.0
+    assert dp_comm_seconds(CL, TrainSetup(ParallelLayout(tp=8, pp=2, dp=1)), p) == 0.0
 
 
 def test_tp_traffic_by_hand_and_zero_without_tp():
-    m = ModelSpec(hidden=1000, layers=8, heads=8, kv_heads=8, ffn=4000, vocab=100)
-    lay = TrainLayout(tp=4, pp=2, dp=2, sequence_parallel=True)
+    m = ModelShape(hidden=1000, layers=8, heads=8, kv_heads=8, ffn=4000, vocab=100)
+    lay = ParallelLayout(tp=4, pp=2, dp=2, sequence_parallel=True)
     # 2 all-reduce equivalents x 2(t-1)/t x 2h bytes per token per layer, 4 layers here, half the tokens
     expected = 2 * (2 * 2 * 3 / 4 * 2 * 1000) * 4 * 500 / 400e9
     assert tp_comm_seconds(m, CL, lay, 1000, 2) == pytest.approx(expected)
-    assert tp_comm_seconds(m, CL, TrainLayout(tp=1, pp=2, dp=8), 1000, 2) == 0.0
+    assert tp_comm_seconds(m, CL, ParallelLayout(tp=1, pp=2, dp=8), 1000, 2) == 0.0
 
 
 def test_bubble_shrinks_with_microbatches_and_interleaving():
-    assert bubble_fraction(TrainLayout(tp=1, pp=4, dp=1), 12) == pytest.approx(3 / 12)
-    assert bubble_fraction(TrainLayout(tp=1, pp=4, dp=1, vpp=2), 12) == pytest.approx(3 / 24)
+    assert bubble_fraction(ParallelLayout(tp=1, pp=4, dp=1), 12) == pytest.approx(3 / 12)
+    assert bubble_fraction(ParallelLayout(tp=1, pp=4, dp=1, vpp=2), 12) == pytest.approx(3 / 24)
 
 
 def test_workload_needs_a_group_size_and_rejects_unknown_keys():
@@ -52,5 +54,5 @@ def test_sgpo_example_plans_with_profiling_cost():
                          ROOT / "examples/clusters/h100-8x8-sgpo-70b.yaml")
     pl = Planner(inputs)
     assert 256 * 2 < pl.n_seqs < 256 * 64  # Beta(2,3) group sizes sit between the clamps
-    best = pl.plan().feasible[0]
+    best = pl.rank().feasible[0]
     assert best.time.profile > 0 and best.time.total > best.time.rollout

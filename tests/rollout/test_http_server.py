@@ -7,9 +7,11 @@ import pytest
 import requests
 import torch
 
-from .helpers import build_tiny_model, free_port
 from megatron_sgpo.rollout.engine import EngineError, SamplingParams
 from megatron_sgpo.rollout.sglang import SGLangClient
+from megatron_sgpo.weights.sync import buckets
+
+from .helpers import build_tiny_model, free_port
 
 pytestmark = pytest.mark.timeout(180)
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [17]]
@@ -29,8 +31,9 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def originals(tiny_model_dir):
-    from safetensors.torch import load_file
     import glob
+
+    from safetensors.torch import load_file
     return load_file(glob.glob(f"{tiny_model_dir}/*.safetensors")[0])
 
 
@@ -114,7 +117,7 @@ def test_update_weights_from_tensor_changes_outputs_and_version(client, original
 
 
 def test_update_weights_from_distributed_gloo(server, originals):
-    client = SGLangClient(server.url, launcher=server, timeout_s=60, weight_sync="distributed", bucket_bytes=20_000)
+    client = SGLangClient(server.url, launcher=server, timeout_s=60, weight_sync="distributed")
     try:
         client.init_weights_update_group("127.0.0.1", free_port(), world_size=2, backend="gloo",
                                          group_name="test_group")
@@ -122,7 +125,8 @@ def test_update_weights_from_distributed_gloo(server, originals):
                                ("model.norm.weight", originals["model.norm.weight"])], version=11)
         c = client.generate([PROMPTS[1]], [1], SamplingParams(max_new_tokens=3))[0][0]
         assert client.weight_version == 11 and c.logprobs == pytest.approx([-math.log(256)] * 3, abs=1e-5)
-        client.update_weights(originals.items(), version=12)  # several buckets of ~20 kB
+        for bucket in buckets(originals.items(), bucket_bytes=20_000):  # several buckets, as the weight sync sends
+            client.update_weights(bucket, version=12)
         assert client.weight_version == 12
     finally:
         client.close()

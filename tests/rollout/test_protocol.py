@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from megatron_sgpo.rollout.engine import Completion, EngineError, SamplingParams
-from megatron_sgpo.rollout.protocol import (completion_to_json, from_sglang_sampling, normalize_generate_request,
-                                            parse_completion, to_sglang_sampling)
-from megatron_sgpo.rollout.serial import deserialize_named_tensors, serialize_named_tensors
+from megatron_sgpo.rollout.protocol import (
+    completion_to_json,
+    from_sglang_sampling,
+    normalize_generate_request,
+    parse_completion,
+    to_sglang_sampling,
+)
+from megatron_sgpo.weights.tensor_handles import deserialize_named_tensors, serialize_named_tensors
 
 
 def test_sampling_params_round_trip_with_sglang_names():

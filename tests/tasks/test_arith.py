@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from megatron_sgpo.plugins import PluginError
 from megatron_sgpo.tasks import arith
 from megatron_sgpo.tasks.dataset import TaskItem
 from megatron_sgpo.tasks.registry import get_task
@@ -59,5 +60,5 @@ def test_registry_entry():
     assert {i.meta["level"] for i in items} == {1, 2, 3, 4, 5}
     assert task.verifier == "arith" and task.policy.name == "arith-llama-tiny"
     assert get_task("gym:chain_sum").verifier == "gym"
-    with pytest.raises(KeyError, match="unknown task 'nope'"):
+    with pytest.raises(PluginError, match="unknown task 'nope'"):
         get_task("nope")

@@ -5,9 +5,16 @@ import time
 
 import pytest
 
+from megatron_sgpo.plugins import PluginError
 from megatron_sgpo.tasks.dataset import TaskItem
-from megatron_sgpo.tasks.verifiers import (ExactAnswerVerifier, GuardedVerifier, MathVerifier,
-                                           VerifierFailure, final_answer, get_verifier)
+from megatron_sgpo.tasks.verifiers import (
+    ExactAnswerVerifier,
+    GuardedVerifier,
+    MathVerifier,
+    VerifierFailure,
+    final_answer,
+    get_verifier,
+)
 
 ITEM = TaskItem("q", "What is 1/2 as a decimal?", "0.5")
 
@@ -90,5 +97,5 @@ def test_verifier_failing_on_every_item_raises_naming_it():
 
 def test_registry():
     assert get_verifier("arith").score(TaskItem("a", "Q: 2+3=\nA:", "5"), " 5\nQ:") == 1.0
-    with pytest.raises(KeyError, match="unknown verifier 'nope'"):
+    with pytest.raises(PluginError, match="unknown verifier 'nope'"):
         get_verifier("nope")

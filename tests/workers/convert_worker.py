@@ -14,22 +14,29 @@ import os
 
 import torch
 import torch.distributed as dist
-
-from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
-from megatron_sgpo.train.model import ModelOptions, build_model, load_hf_config
-from megatron_sgpo.weights.convert import (hf_to_megatron, load_megatron_checkpoint, megatron_to_hf, read_metadata,
-                                           vocab_divisor)
 from model_worker import forward_logits  # same folder: tests/workers
 
+from megatron_sgpo.model.build import ModelOptions, build_model
+from megatron_sgpo.model.convert import (
+    hf_to_megatron,
+    load_megatron_checkpoint,
+    megatron_to_hf,
+    read_metadata,
+    vocab_divisor,
+)
+from megatron_sgpo.model.hf_config import load_hf_config
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 
-def logits_job(sizes, mg_dir, name, pad, tokens, out):
+
+def logits_job(layout, mg_dir, name, pad, tokens, out):
     from megatron.core import parallel_state
 
     cfg = load_hf_config(mg_dir)
     options = ModelOptions()
     if pad == "portable":
-        options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(read_metadata(mg_dir)["padded_vocab_size"], sizes.tp))
-    chunks = build_model(cfg, sizes, options)
+        options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(read_metadata(mg_dir)["padded_vocab_size"], layout.tp))
+    chunks = build_model(cfg, layout, options)
     load_megatron_checkpoint(chunks, mg_dir)
     res = forward_logits(chunks, tokens)
     first = parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0
@@ -46,8 +53,8 @@ def main():
     p.add_argument("jobs", nargs="+")
     a = p.parse_args()
     torch.set_num_threads(1)
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    init_parallel(sizes, seed=1)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp)
+    init_parallel(layout, seed=1)
     tokens = torch.load(a.tokens, weights_only=True) if a.tokens else None
     for job in a.jobs:
         kind, *args = job.split(":")
@@ -55,18 +62,18 @@ def main():
             from megatron.core import parallel_state
 
             parallel_state.destroy_model_parallel()
-            sizes = ParallelSizes(tp=int(args[0]), pp=int(args[1]))
-            init_parallel(sizes, seed=1)
+            layout = ParallelLayout(tp=int(args[0]), pp=int(args[1]))
+            init_parallel(layout, seed=1)
         elif kind == "to_mg":
-            hf_to_megatron(args[0], args[1], sizes, progress=False)
+            hf_to_megatron(args[0], args[1], layout, progress=False)
         elif kind == "to_hf":
             extra = {"max_shard_bytes": int(args[2])} if len(args) > 2 else {}
-            megatron_to_hf(args[0], args[1], sizes, progress=False, **extra)
+            megatron_to_hf(args[0], args[1], layout, progress=False, **extra)
         elif kind == "logits":
-            logits_job(sizes, args[0], args[1], args[2], tokens, a.out)
+            logits_job(layout, args[0], args[1], args[2], tokens, a.out)
         elif kind == "bad":
             try:
-                hf_to_megatron(args[0], args[1], sizes, progress=False)
+                hf_to_megatron(args[0], args[1], layout, progress=False)
             except Exception as exc:  # the expected outcome
                 if dist.get_rank() == 0:
                     with open(os.path.join(a.out, args[2] + ".err"), "w") as f:

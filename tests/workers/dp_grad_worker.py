@@ -12,12 +12,14 @@ import torch.distributed as dist
 
 from megatron_sgpo.algo.advantage import group_advantages
 from megatron_sgpo.algo.loss import LossConfig
-from megatron_sgpo.batch import CostModel, ParallelLayout
-from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
+from megatron_sgpo.algo.samples import StepSamples
+from megatron_sgpo.batch import CostModel
+from megatron_sgpo.model.hf_io import HFCheckpoint
+from megatron_sgpo.model.mapping import global_names
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.policy import NonFiniteLossError, Policy
-from megatron_sgpo.train.update import StepSamples, attach_old_logprobs, make_loss_fn, normalizer, rank_micro_batches
-from megatron_sgpo.weights.hf_io import HFCheckpoint
-from megatron_sgpo.weights.mapping import global_names
+from megatron_sgpo.train.update import attach_old_logprobs, make_loss_fn, normalizer, rank_micro_batches
 
 
 def make_step(seed: int = 0) -> StepSamples:
@@ -64,12 +66,12 @@ def main():
     p.add_argument("--nan-check", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
-    sizes = ParallelSizes(tp=a.tp)
-    dp = init_parallel(sizes, seed=1)
+    layout = ParallelLayout(tp=a.tp)
+    dp = init_parallel(layout, seed=1)
     from megatron.core import parallel_state
 
     ckpt = HFCheckpoint(a.hf)
-    policy = Policy(ckpt.config, sizes, dp)
+    policy = Policy(ckpt.config, layout, dp)
     policy.load_hf(ckpt)
     samples = make_step()
     layout = ParallelLayout(dp=dp, tp=a.tp)

@@ -11,12 +11,14 @@ import os
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
+from megatron_sgpo.model.build import ModelOptions, build_model
+from megatron_sgpo.model.hf_config import load_hf_config
+from megatron_sgpo.model.hf_io import HFCheckpoint
+from megatron_sgpo.model.load import load_hf_weights
+from megatron_sgpo.model.mapping import WeightMapping
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.logprob import vocab_parallel_logprobs
-from megatron_sgpo.train.model import ModelOptions, build_model, load_hf_config
-from megatron_sgpo.weights.hf_io import HFCheckpoint
-from megatron_sgpo.weights.load import load_hf_weights
-from megatron_sgpo.weights.mapping import WeightMapping
 
 
 def forward_logits(chunks, tokens):
@@ -74,14 +76,14 @@ def main():
     p.add_argument("hf_dirs", nargs="+")
     a = p.parse_args()
     torch.set_num_threads(1)
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    init_parallel(sizes, seed=1)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp)
+    init_parallel(layout, seed=1)
     from megatron.core import parallel_state
 
     tokens = torch.load(a.tokens, weights_only=True)
     for hf_dir in a.hf_dirs:
         cfg = load_hf_config(hf_dir)
-        chunks = build_model(cfg, sizes, ModelOptions())
+        chunks = build_model(cfg, layout, ModelOptions())
         mapping = WeightMapping(cfg, a.tp)
         load_hf_weights(chunks, HFCheckpoint(hf_dir), mapping, parallel_state.get_tensor_model_parallel_rank())
         out = forward_logits(chunks, tokens)

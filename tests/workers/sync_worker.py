@@ -13,15 +13,17 @@ import torch
 import torch.distributed as dist
 
 from megatron_sgpo.algo.loss import LossConfig
-from megatron_sgpo.batch import CostModel, ParallelLayout
-from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
+from megatron_sgpo.algo.samples import StepSamples
+from megatron_sgpo.batch import CostModel
+from megatron_sgpo.model.hf_io import HFCheckpoint
+from megatron_sgpo.model.mapping import WeightMapping
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.rollout.local import LocalEngine
 from megatron_sgpo.train.policy import OptimConfig, Policy
 from megatron_sgpo.train.step import collate
-from megatron_sgpo.train.update import StepSamples, update
-from megatron_sgpo.weights.hf_io import HFCheckpoint
-from megatron_sgpo.weights.mapping import WeightMapping
-from megatron_sgpo.weights.reshard import sync_weights
+from megatron_sgpo.train.update import update
+from megatron_sgpo.weights.sync import sync_weights
 
 FIXED = [[5, 9, 17, 3, 44, 61, 2, 8], [70, 12, 33, 1, 99, 40, 41, 42]]
 
@@ -41,12 +43,12 @@ def main():
     p.add_argument("--pp", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(1)
-    sizes = ParallelSizes(tp=a.tp, pp=a.pp)
-    dp = init_parallel(sizes, seed=1)
+    layout = ParallelLayout(tp=a.tp, pp=a.pp)
+    dp = init_parallel(layout, seed=1)
     from megatron.core import parallel_state
 
     ckpt = HFCheckpoint(a.hf)
-    policy = Policy(ckpt.config, sizes, dp, optim=OptimConfig(lr=1e-2))
+    policy = Policy(ckpt.config, layout, dp, optim=OptimConfig(lr=1e-2))
     policy.load_hf(ckpt)
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 100, 10).tolist() for _ in range(6)]

@@ -9,17 +9,18 @@ from unittest import mock
 
 import torch
 
-from megatron_sgpo.platform.dist import ParallelSizes, init_parallel
+from megatron_sgpo.model.build import ModelOptions, build_model
+from megatron_sgpo.model.hf_io import HFCheckpoint
+from megatron_sgpo.model.load import load_hf_weights
+from megatron_sgpo.model.mapping import WeightMapping
+from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train import model as model_mod
-from megatron_sgpo.train.model import ModelOptions, build_model
-from megatron_sgpo.weights.hf_io import HFCheckpoint
-from megatron_sgpo.weights.load import load_hf_weights
-from megatron_sgpo.weights.mapping import WeightMapping
 
 
 def run(cfg, ckpt, options, use_te: bool, tokens):
     with mock.patch.object(model_mod, "use_transformer_engine", lambda: use_te):
-        chunk = build_model(cfg, ParallelSizes(), options)[0]
+        chunk = build_model(cfg, ParallelLayout(), options)[0]
     load_hf_weights([chunk], ckpt, WeightMapping(cfg), 0)
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     ctx = torch.enable_grad()
@@ -40,7 +41,7 @@ def main():
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    init_parallel(ParallelSizes(), seed=1)
+    init_parallel(ParallelLayout(), seed=1)
     ckpt = HFCheckpoint(a.hf)
     cfg = ckpt.config
     tokens = torch.randint(0, cfg["vocab_size"], (4, 64), generator=torch.Generator().manual_seed(0)).cuda()

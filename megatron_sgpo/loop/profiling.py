@@ -1,4 +1,4 @@
-"""The sGPO profiling pass (k samples per prompt under the initial policy) and evaluation.
+"""The sGPO profiling pass: k samples per prompt under the initial policy, resumable and booked in the ledger.
 
 Profiling is resumable: results are appended chunk by chunk to ``profile.partial.jsonl`` (one line
 per prompt, flushed and fsynced), and the final ``profile.json`` is written atomically. A run killed
@@ -14,14 +14,7 @@ from tqdm import tqdm
 
 from megatron_sgpo.algo.profile import PromptProfile, profile_prompts
 from megatron_sgpo.config import RunConfig
-from megatron_sgpo.rollout.engine import SamplingParams
-from megatron_sgpo.run_state import write_json_atomic
-
-
-def sampling(cfg: RunConfig, seed: int, temperature: float | None = None) -> SamplingParams:
-    r = cfg.rollout
-    return SamplingParams(temperature=r.temperature if temperature is None else temperature, top_p=r.top_p,
-                          top_k=r.top_k, max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=seed)
+from megatron_sgpo.loop.checkpoint import write_json_atomic
 
 
 def _load_partial(path: str) -> dict:
@@ -57,7 +50,7 @@ def run_profiling(parts, cfg: RunConfig, out_dir: str) -> tuple[list[PromptProfi
     with open(partial, "a") as f, tqdm(total=len(parts.items), initial=len(done), desc="profile") as bar:
         for start in range(0, len(todo), chunk):
             items = todo[start : start + chunk]
-            groups = parts.runner.run(items, [k] * len(items), sampling(cfg, seed=cfg.run.seed * 7919 + start))
+            groups = parts.runner.run(items, [k] * len(items), cfg.rollout.sampling(seed=cfg.run.seed * 7919 + start))
             for g in groups:
                 tokens, flops = parts.runner.cost([g])
                 row = {"id": g.item.id, "rewards": g.rewards, "lens": g.response_lens(),
@@ -76,15 +69,3 @@ def run_profiling(parts, cfg: RunConfig, out_dir: str) -> tuple[list[PromptProfi
     tqdm.write(f"profiled {len(profiles)} prompts (k={k}): p=1 {int((p_hat == 1).sum())}, "
                f"p=0 {int((p_hat == 0).sum())}, in between {int(((p_hat > 0) & (p_hat < 1)).sum())}")
     return profiles, cost
-
-
-def evaluate(parts, cfg: RunConfig) -> dict:
-    """Greedy accuracy on the evaluation set, overall and per difficulty level (rank 0)."""
-    items = parts.eval_items
-    groups = parts.runner.run(items, [1] * len(items), sampling(cfg, seed=0, temperature=0.0))
-    correct = np.array([g.rewards[0] >= 1.0 for g in groups], dtype=float)
-    result = {"accuracy": float(correct.mean())}
-    levels = [g.item.meta.get("level") for g in groups]
-    for level in sorted(set(levels) - {None}):
-        result[f"accuracy_level{level}"] = float(np.mean([c for c, lv in zip(correct, levels) if lv == level]))
-    return result

@@ -1,13 +1,14 @@
 """Rollout of groups: prompts with a per-prompt n → completions → verified rewards.
 
-Shared by the profiling pass, training steps and evaluation; runs on global rank 0, where the
-rollout engine (in-process or an HTTP client) lives.
+Shared by the profiling pass, training steps and evaluation, so all three render prompts the same
+way (the tokenizer's chat template when the run uses it) and book inference FLOPs the same way;
+runs on global rank 0, where the rollout engine (in-process or an HTTP client) lives.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_sgpo.algo.ledger import ModelDims, inference_flops
+from megatron_sgpo.model.flops import ModelShape, inference_flops
 from megatron_sgpo.rollout.engine import Completion, SamplingParams
 from megatron_sgpo.tasks.dataset import TaskItem
 
@@ -25,13 +26,30 @@ class Group:
 
 
 class GroupRunner:
-    """Tokenise, generate with a per-prompt n, score with a guarded verifier, count inference FLOPs."""
+    """Tokenise, generate with a per-prompt n, score with a guarded verifier, count inference FLOPs.
 
-    def __init__(self, engine, tokenizer, verifier, dims: ModelDims):
-        self.engine, self.tokenizer, self.verifier, self.dims = engine, tokenizer, verifier, dims
+    With ``chat_template`` the prompt becomes the user turn of a conversation (after the system
+    prompt, if any), rendered by the tokenizer's own template with the assistant turn opened; the
+    rendered text already holds the special tokens the template wants, so none are added again.
+    """
+
+    def __init__(self, engine, tokenizer, verifier, shape: ModelShape, chat_template: bool = False,
+                 system_prompt: str = ""):
+        if system_prompt and not chat_template:
+            raise ValueError("a system prompt needs the chat template")
+        self.engine, self.tokenizer, self.verifier, self.shape = engine, tokenizer, verifier, shape
+        self.chat_template, self.system_prompt = chat_template, system_prompt
+
+    def render(self, prompt: str) -> str:
+        """The text the policy is conditioned on."""
+        if not self.chat_template:
+            return prompt
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, prompt: str) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer(self.render(prompt), add_special_tokens=not self.chat_template)["input_ids"]
         if not ids:
             raise ValueError(f"prompt {prompt!r} tokenises to nothing")
         return list(ids)
@@ -54,5 +72,5 @@ class GroupRunner:
         for g in groups:
             for n in g.response_lens():
                 tokens += len(g.prompt_ids) + n
-                flops += inference_flops(self.dims, len(g.prompt_ids), n)
+                flops += inference_flops(self.shape, len(g.prompt_ids), n)
         return tokens, flops

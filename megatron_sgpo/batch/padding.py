@@ -24,58 +24,15 @@ The result is the least common multiple of every rule that applies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
-FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
+from megatron_sgpo.platform.layout import ParallelLayout
+
 _FP8_BLOCK_RECIPES = ("blockwise", "mxfp8")
 FP8_ALIGN = 16
 FP8_BLOCK_ALIGN = 128
-
-
-@dataclass(frozen=True)
-class ParallelLayout:
-    """Degrees of parallelism of the training job, checked once at construction.
-
-    ``vpp`` is the number of virtual pipeline stages per PP rank (interleaved schedule) or
-    None. ``fp8_recipe`` None with ``fp8=True`` means megatron-core's default, "delayed".
-    """
-
-    dp: int = 1
-    pp: int = 1
-    vpp: Optional[int] = None
-    tp: int = 1
-    sequence_parallel: bool = False
-    cp: int = 1
-    fp8: bool = False
-    fp8_recipe: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        for name in ("dp", "pp", "tp", "cp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"ParallelLayout.{name} must be an integer >= 1, got {value!r}")
-        if self.vpp is not None:
-            if isinstance(self.vpp, bool) or not isinstance(self.vpp, (int, np.integer)) or self.vpp < 1:
-                raise ValueError(f"ParallelLayout.vpp must be None or an integer >= 1, got {self.vpp!r}")
-            if self.pp < 2:
-                raise ValueError(
-                    f"ParallelLayout.vpp={self.vpp} needs pipeline parallelism (pp >= 2), got pp={self.pp}"
-                )
-        if self.sequence_parallel and self.tp < 2:
-            raise ValueError(
-                "ParallelLayout.sequence_parallel=True needs tensor parallelism (tp >= 2), "
-                f"got tp={self.tp}"
-            )
-        if not self.fp8 and self.fp8_recipe is not None:
-            raise ValueError(f"ParallelLayout.fp8_recipe={self.fp8_recipe!r} given but fp8=False")
-        if self.fp8 and self.fp8_recipe is not None and self.fp8_recipe not in FP8_RECIPES:
-            raise ValueError(
-                f"ParallelLayout.fp8_recipe must be one of {FP8_RECIPES} (or None for 'delayed'), "
-                f"got {self.fp8_recipe!r}"
-            )
 
 
 def length_multiple(layout: ParallelLayout) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.weights.mapping import WeightMapping, global_names
+from megatron_sgpo.model.mapping import WeightMapping, global_names
 
 
 def unwrap(chunk):

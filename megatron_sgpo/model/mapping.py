@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_sgpo.train.model import family_of, head_dim, num_kv_heads, padded_vocab_size
+from megatron_sgpo.model.hf_config import family_of, head_dim, num_kv_heads, padded_vocab_size
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 

@@ -7,7 +7,7 @@ multiple of every TP up to 8, and the size is recorded in ``sgpo_conversion.json
 another padding still loads: :func:`load_megatron_checkpoint` re-pads the vocab rows (docs/conversion.md).
 
 The functions expect :func:`megatron_sgpo.platform.dist.init_parallel` to have run with the same
-``ParallelSizes``; every rank calls them. Output goes to a temp folder that rank 0 renames at the end.
+``ParallelLayout``; every rank calls them. Output goes to a temp folder that rank 0 renames at the end.
 """
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.platform.dist import ParallelSizes, destroy_parallel, init_parallel
-from megatron_sgpo.train.model import ModelOptions, build_model, family_of, load_hf_config, validate_layout
-from megatron_sgpo.weights.hf_io import SIDE_FILES, HFCheckpoint, ShardedWriter, copy_side_files
-from megatron_sgpo.weights.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
-from megatron_sgpo.weights.mapping import WeightMapping, global_names
+from megatron_sgpo.model.build import ModelOptions, build_model
+from megatron_sgpo.model.hf_config import family_of, load_hf_config, validate_layout
+from megatron_sgpo.model.hf_io import SIDE_FILES, HFCheckpoint, ShardedWriter, copy_side_files
+from megatron_sgpo.model.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
+from megatron_sgpo.model.mapping import WeightMapping, global_names
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
+from megatron_sgpo.platform.layout import ParallelLayout
 
 META = "sgpo_conversion.json"
 MAX_PORTABLE_TP = 8
@@ -95,13 +97,13 @@ def _agree(error: BaseException | None) -> None:
         raise RuntimeError(f"rank {failed[0][0]} failed: {failed[0][1]}")
 
 
-def _check_sizes(sizes: ParallelSizes) -> None:
+def _check_layout(layout: ParallelLayout) -> None:
     """The parallel state must match the requested layout (extra ranks are data-parallel replicas)."""
     from megatron.core import parallel_state as ps
 
     have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
-    if have != (sizes.tp, sizes.pp):
-        raise RuntimeError(f"parallel state is tp,pp={have}, conversion asked for {(sizes.tp, sizes.pp)}")
+    if have != (layout.tp, layout.pp):
+        raise RuntimeError(f"parallel state is tp,pp={have}, conversion asked for {(layout.tp, layout.pp)}")
 
 
 class _OutputDir:
@@ -142,7 +144,7 @@ def _hf_dtype(cfg: dict) -> str:
     return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
 
 
-def hf_to_megatron(hf_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSizes(), divisible_by: int = 128,
+def hf_to_megatron(hf_dir: str, out_dir: str, layout: ParallelLayout = ParallelLayout(), divisible_by: int = 128,
                    overwrite: bool = False, progress: bool = True) -> Summary:
     """Convert an HF safetensors folder into a megatron dist checkpoint loadable at any TP ≤ 8 and any PP.
 
@@ -153,23 +155,24 @@ def hf_to_megatron(hf_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSiz
     cfg = hf.config
     try:
         family = family_of(cfg)
-        validate_layout(cfg, sizes)
+        validate_layout(cfg, layout)
     except ValueError as exc:
         raise ValueError(f"{os.path.join(hf_dir, 'config.json')}: {exc}") from None
-    _check_sizes(sizes)
-    from megatron.core import dist_checkpointing, parallel_state as ps
+    _check_layout(layout)
     import megatron.core
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
 
     padded = portable_vocab_size(cfg["vocab_size"], divisible_by)
     hf_dtype = _hf_dtype(cfg)
-    options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(padded, sizes.tp), init_weights=False,
+    options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(padded, layout.tp), init_weights=False,
                            dtype=_DTYPES.get(hf_dtype, "fp32"))
     out = _OutputDir(out_dir, overwrite)
     try:
         error = None
         try:
-            chunks = build_model(cfg, sizes, options)
-            mapping = WeightMapping(cfg, sizes.tp, options.make_vocab_size_divisible_by)
+            chunks = build_model(cfg, layout, options)
+            mapping = WeightMapping(cfg, layout.tp, options.make_vocab_size_divisible_by)
             n_reads = sum(len(mapping.rule(n).hf_names) for c in chunks for n in global_names(unwrap(c)).values())
             with _bar(n_reads, "HF -> megatron (rank 0)", progress) as bar:
                 reader = ReadRecorder(hf, on_read=lambda: bar.update(1))
@@ -188,7 +191,7 @@ def hf_to_megatron(hf_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSiz
             meta = {"family": family.name, "source": os.path.abspath(hf_dir), "vocab_size": cfg["vocab_size"],
                     "padded_vocab_size": padded, "make_vocab_size_divisible_by": divisible_by,
                     "max_tp": MAX_PORTABLE_TP, "dtype": options.dtype, "hf_dtype": hf_dtype,
-                    "written_at": {"tp": sizes.tp, "pp": sizes.pp}, "megatron_core": megatron.core.__version__}
+                    "written_at": {"tp": layout.tp, "pp": layout.pp}, "megatron_core": megatron.core.__version__}
             with open(os.path.join(out.tmp, META), "w") as f:
                 json.dump(meta, f, indent=2)
         nbytes = _folder_bytes(out.tmp) if _rank() == 0 else 0
@@ -236,7 +239,8 @@ def load_megatron_checkpoint(chunks, ckpt_dir: str) -> dict:
     Models built with ``vocab_divisor(meta['padded_vocab_size'], tp)`` read only their own vocab rows;
     any other padding reads the whole vocab tensors once and re-pads them (more memory, same result).
     """
-    from megatron.core import dist_checkpointing, parallel_state as ps
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing import ShardedTensor
 
     meta = read_metadata(ckpt_dir)
@@ -273,7 +277,7 @@ def _export_order(name: str) -> tuple:
     return ({"embedding.word_embeddings.weight": 0, "decoder.final_layernorm.weight": 2}.get(name, 3), 0, name)
 
 
-def megatron_to_hf(ckpt_dir: str, out_dir: str, sizes: ParallelSizes = ParallelSizes(),
+def megatron_to_hf(ckpt_dir: str, out_dir: str, layout: ParallelLayout = ParallelLayout(),
                    max_shard_bytes: int = 5 * 10**9, overwrite: bool = False, progress: bool = True) -> Summary:
     """Convert a converted megatron checkpoint back to an HF safetensors folder that transformers loads.
 
@@ -285,18 +289,18 @@ def megatron_to_hf(ckpt_dir: str, out_dir: str, sizes: ParallelSizes = ParallelS
     t0 = time.time()
     meta = read_metadata(ckpt_dir)
     cfg = load_hf_config(ckpt_dir)
-    validate_layout(cfg, sizes)
-    _check_sizes(sizes)
-    divisor = vocab_divisor(meta["padded_vocab_size"], sizes.tp)
+    validate_layout(cfg, layout)
+    _check_layout(layout)
+    divisor = vocab_divisor(meta["padded_vocab_size"], layout.tp)
     options = ModelOptions(make_vocab_size_divisible_by=divisor, dtype=meta["dtype"], init_weights=False)
     hf_dtype = getattr(torch, meta.get("hf_dtype", "float32"))
     out = _OutputDir(out_dir, overwrite)
     try:
         error, params = None, {}
         try:
-            chunks = build_model(cfg, sizes, options)
+            chunks = build_model(cfg, layout, options)
             load_megatron_checkpoint(chunks, ckpt_dir)
-            mapping = WeightMapping(cfg, sizes.tp, divisor)
+            mapping = WeightMapping(cfg, layout.tp, divisor)
             for chunk in chunks:
                 model = unwrap(chunk)
                 named = dict(model.named_parameters())
@@ -320,14 +324,14 @@ def megatron_to_hf(ckpt_dir: str, out_dir: str, sizes: ParallelSizes = ParallelS
                 shards = None
                 if pp == pp_rank and first_replica:
                     local = params[name].contiguous()
-                    shards = [torch.empty_like(local) for _ in range(sizes.tp)]
+                    shards = [torch.empty_like(local) for _ in range(layout.tp)]
                     dist.all_gather(shards, local, group=tp_group)
                 if pp != 0 and _rank() in (0, src):
                     if _rank() == src:
                         for s in shards:
                             dist.send(s, dst=0)
                     else:
-                        shards = [torch.empty(shape, dtype=getattr(torch, dt.split(".")[1])) for _ in range(sizes.tp)]
+                        shards = [torch.empty(shape, dtype=getattr(torch, dt.split(".")[1])) for _ in range(layout.tp)]
                         for s in shards:
                             dist.recv(s, src=src)
                 if writer is not None:
@@ -348,9 +352,9 @@ def megatron_to_hf(ckpt_dir: str, out_dir: str, sizes: ParallelSizes = ParallelS
     return Summary("megatron -> HF", len(writer.weight_map) if writer else 0, nbytes, time.time() - t0, out.final)
 
 
-def run_tool(tool: str, sizes: ParallelSizes, convert) -> int:
+def run_tool(tool: str, layout: ParallelLayout, convert) -> int:
     """Body of the converter tools: set up the ranks, convert, print the summary or one error line."""
-    init_parallel(sizes)
+    init_parallel(layout)
     try:
         summary = convert()
     except Exception as exc:  # a tool reports any failure as one line and exit status 1

@@ -1,10 +1,13 @@
-"""Megatron TP/PP shards → HF-named full tensors, in buckets, delivered to a rollout engine.
+"""The weight sync, the one owner of "trained shards → engine": gather, map, bucket, deliver.
 
 Each pipeline stage turns its own layers into HF tensors: TP shards are all-gathered over the TP
 group, mapped with :class:`WeightMapping` (vocab padding trimmed, fused QKV and gate/up split), and
-cast to the engine's dtype. Only the first TP/DP rank of each stage keeps the result. Stages other
-than rank 0's send their tensors to global rank 0, which hands buckets of at most ``bucket_bytes``
-to the engine (in-process engine, or an HTTP client whose transport is by tensor, NCCL or disk).
+cast to the engine's dtype. Only the first TP/DP rank of each stage keeps the result, in host
+memory. Stages other than rank 0's send their tensors to global rank 0, which cuts the stream into
+buckets of at most ``bucket_bytes`` (here, and nowhere else) and hands each bucket to the engine's
+``update_weights``; how a bucket travels (in-process copy, shared-memory tensor handles, a broadcast
+group) is the engine client's transport, in :mod:`megatron_sgpo.weights.tensor_handles` and
+:mod:`megatron_sgpo.weights.broadcast_group`.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.weights.load import unwrap
-from megatron_sgpo.weights.mapping import WeightMapping, global_names
+from megatron_sgpo.model.load import unwrap
+from megatron_sgpo.model.mapping import WeightMapping, global_names
 
 Named = list[tuple[str, torch.Tensor]]
 
@@ -122,13 +125,9 @@ def sync_weights(chunks, mapping: WeightMapping, engine, version: int, bucket_by
             pass
         return sent
 
-    def counted():
-        for bucket in buckets(named, bucket_bytes):
-            sent["buckets"] += 1
-            for name, tensor in bucket:
-                sent["bytes"] += tensor.numel() * tensor.element_size()
-                sent["tensors"] += 1
-                yield name, tensor
-
-    engine.update_weights(counted(), version=version)
+    for bucket in buckets(named, bucket_bytes):
+        engine.update_weights(bucket, version=version)
+        sent["buckets"] += 1
+        sent["tensors"] += len(bucket)
+        sent["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
     return sent

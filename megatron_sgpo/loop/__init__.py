@@ -1,0 +1,1 @@
+"""Orchestration of a run: build its parts, profile, train step by step, evaluate, checkpoint, report."""

@@ -1,0 +1,213 @@
+"""The sGPO / GRPO / DAPO training loop (``sgpo train``).
+
+profile → plan → for each step: rollout (per-prompt n) → rewards → samples (advantages, GRSP,
+selection) → DP-aware batches → megatron update → weight sync → ledger, logs, evaluation, checkpoint.
+Rollouts run on global rank 0 (where the engine lives) and their results are broadcast; every rank
+then derives the same batch plan and trains its share.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch.distributed as dist
+from tqdm import tqdm
+
+from megatron_sgpo.algo.ledger import ComputeLedger
+from megatron_sgpo.algo.plan import Plan, fixed_plan, make_plan
+from megatron_sgpo.algo.posterior import PosteriorTracker
+from megatron_sgpo.algo.samples import StepSamples, build_step_samples
+from megatron_sgpo.config import RunConfig, save_config
+from megatron_sgpo.loop import checkpoint
+from megatron_sgpo.loop.build import RunParts, build_parts
+from megatron_sgpo.loop.evaluate import evaluate
+from megatron_sgpo.loop.metrics import RunLog, report, rollout_stats
+from megatron_sgpo.loop.profiling import run_profiling
+from megatron_sgpo.model.flops import logprob_flops, training_flops
+from megatron_sgpo.platform.dist import run_on_rank0
+from megatron_sgpo.train.policy import NonFiniteLossError
+from megatron_sgpo.train.update import update
+from megatron_sgpo.weights.sync import sync_weights
+
+MAX_BAD_STEPS = 3
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = cfg.run.output_dir
+        self.parts: RunParts = build_parts(cfg)
+        self.rank = dist.get_rank()
+        self.ledger = ComputeLedger()
+        self.step = 0
+        self.bad_steps = 0
+        self.evals: list[dict] = []
+        self.plan: Plan | None = None
+        self.tracker: PosteriorTracker | None = None
+        self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
+        if self.rank == 0:
+            os.makedirs(self.out, exist_ok=True)
+            save_config(cfg, os.path.join(self.out, "config.yaml"))
+        self.log = RunLog(self.out, enabled=self.rank == 0)
+
+    # ------------------------------------------------------------------ plan
+    def _make_plan(self) -> None:
+        cfg, parts = self.cfg, self.parts
+        if cfg.run.mode == "sgpo":
+            profiles, cost = run_on_rank0("profiling", lambda: run_profiling(parts, cfg, self.out))
+            self.ledger.add("profiling", cost[0], cost[1])  # booked on every rank; only rank 0's is saved
+            self.plan = make_plan(profiles, cfg.plan, cfg.run.seed)
+            if cfg.online.enabled:
+                self.tracker = PosteriorTracker.from_profiles(profiles, cfg.plan, cfg.online)
+        else:
+            self.plan = fixed_plan([it.id for it in parts.items], cfg.plan.fixed_n, cfg.run.seed)
+
+    def _steps(self):
+        t = self.cfg.train
+        steps = list(self.plan.schedule(t.prompts_per_step, t.epochs))
+        if len(steps) < t.steps and self.rank == 0:
+            tqdm.write(f"the plan holds {len(self.plan.entries)} prompts = {len(steps)} steps of {t.prompts_per_step} "
+                       f"over {t.epochs} epoch(s); train.steps={t.steps} is capped there")
+        return steps[: t.steps]
+
+    # ------------------------------------------------------------------ one step
+    def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
+        """Rank 0: this step's groups, and the samples the optimiser will see."""
+        cfg, parts = self.cfg, self.parts
+        items = [parts.by_id[pid] for pid, _ in step_entries]
+        ns = [self.tracker.group_size(pid) if self.tracker and pid in self.seen else n for pid, n in step_entries]
+        groups = parts.runner.run(items, ns, cfg.rollout.sampling(seed=cfg.run.seed * 100003 + self.step))
+        self.ledger.add("rollout", *parts.runner.cost(groups))
+        if self.tracker:
+            for group in groups:
+                self.tracker.update(group.item.id, group.rewards)
+                self.seen.add(group.item.id)
+        samples = build_step_samples(groups, cfg.grsp, cfg.selection, np.random.default_rng([cfg.run.seed, self.step]))
+        stats = rollout_stats(groups, ns)
+        stats["trained_samples"] = 0 if samples is None else len(samples.sequences)
+        return samples, stats
+
+    def _reprofile(self, upcoming) -> None:
+        """Online mode: sample k answers for the prompts of the next K steps and fold them into their
+        posteriors, so their group sizes follow the current policy (rank 0; booked as profiling)."""
+        items = [self.parts.by_id[pid] for entries in upcoming for pid, _ in entries]
+        groups = self.parts.runner.run(items, [self.cfg.profile.k] * len(items),
+                                       self.cfg.rollout.sampling(seed=self.cfg.run.seed * 65537 + self.step))
+        self.ledger.add("profiling", *self.parts.runner.cost(groups))
+        for group in groups:
+            self.tracker.update(group.item.id, group.rewards)
+            self.seen.add(group.item.id)
+
+    def _account_training(self, samples: StepSamples) -> None:
+        shape = self.parts.shape
+        lens = [len(s) for s in samples.sequences]
+        self.ledger.add("logprob", sum(lens), sum(logprob_flops(shape, n) for n in lens))
+        self.ledger.add("training", sum(lens), sum(training_flops(shape, n) for n in lens))
+
+    def _update(self, samples: StepSamples, stats: dict) -> None:
+        """One optimizer step on every rank; a NaN/inf loss skips the step (three in a row stop the run)."""
+        cfg, parts = self.cfg, self.parts
+        try:
+            metrics = update(parts.policy, samples, cfg.loss, parts.layout, parts.dp_rank,
+                             cfg.train.max_tokens_per_micro_batch, parts.cost, cfg.rollout.temperature)
+            stats.update({f"train/{k}": v for k, v in metrics.items()})
+            self.bad_steps = 0
+        except NonFiniteLossError as exc:
+            self.bad_steps += 1
+            stats["skipped"] = str(exc)
+            if self.rank == 0:
+                tqdm.write(f"step {self.step}: {exc} ({self.bad_steps} in a row)")
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps had a NaN/inf loss; last checkpoint kept "
+                                   f"in {self.out}/checkpoints") from exc
+        if self.rank == 0:
+            self._account_training(samples)
+
+    def _sync(self, version: int) -> None:
+        sync_weights(self.parts.policy.modules(), self.parts.mapping, self.parts.engine, version=version,
+                     bucket_bytes=self.cfg.rollout.bucket_mb * 2**20)
+
+    def train_one(self, steps: list) -> dict:
+        cfg, parts = self.cfg, self.parts
+        self.ledger.start_step(self.step)
+        t0 = time.time()
+
+        def rollout():
+            if self.tracker and self.tracker.due_for_reprofile(self.step):
+                self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
+            return self._rollout(steps[self.step])
+
+        samples, stats = run_on_rank0(f"rollout of step {self.step + 1}", rollout)
+        release = cfg.rollout.release_memory and parts.engine is not None
+        if release:  # colocated: the engine's weights and KV cache make room for training
+            parts.engine.release_memory()
+        t1 = time.time()
+        if samples is not None:
+            self._update(samples, stats)
+        t2 = time.time()
+        if release:
+            parts.engine.resume_memory()
+        self._sync(version=self.step + 1)
+        stats.update({"time/rollout": t1 - t0, "time/train": t2 - t1, "time/sync": time.time() - t2})
+        self.step += 1
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(),
+                "posteriors": self.tracker.to_dict() if self.tracker else None, "seen": sorted(self.seen),
+                "bad_steps": self.bad_steps, "evals": self.evals}
+
+    def _resume(self) -> bool:
+        path = checkpoint.latest(self.out)
+        if path is None:
+            return False
+        state = checkpoint.load(path, self.parts.policy)
+        self.step, self.bad_steps, self.evals = state["step"], state["bad_steps"], state["evals"]
+        self.plan = Plan.from_dict(state["plan"])
+        self.ledger = ComputeLedger.from_dict(state["ledger"])
+        if state["posteriors"]:
+            self.tracker = PosteriorTracker.from_dict(state["posteriors"])
+            self.seen = set(state["seen"])
+        self._sync(version=self.step)
+        if self.rank == 0:
+            tqdm.write(f"resumed from {path} at step {self.step}")
+        return True
+
+    def _evaluate(self, tag: str) -> None:
+        if self.parts.eval_items:
+            result = run_on_rank0(f"evaluation ({tag})", lambda: evaluate(self.parts, self.cfg))
+            self.evals.append({"step": self.step, "tag": tag, "total_flops": self.ledger.total_flops, **result})
+            self.log.evaluation(self.step, result)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict:
+        cfg = self.cfg
+        if not self._resume():
+            self._make_plan()
+            self._evaluate("before")
+        steps = self._steps()
+        bar = tqdm(total=len(steps), initial=self.step, desc=cfg.run.mode, disable=self.rank != 0)
+        while self.step < len(steps):
+            stats = self.train_one(steps)
+            self.log.step(self.step, stats, self.ledger)
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward_mean']:.2f}", n=stats["samples"])
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < len(steps):
+                self._evaluate("periodic")
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                checkpoint.save(self.out, self.step, self.parts.policy, self._state())
+        bar.close()
+        self._evaluate("after")
+        return self._finish(len(steps))
+
+    def _finish(self, num_steps: int) -> dict:
+        summary = {"mode": self.cfg.run.mode, "steps": num_steps, "plan_counts": vars(self.plan.counts),
+                   "compute": self.ledger.phase_totals(), "total_flops": self.ledger.total_flops,
+                   "evals": self.evals}
+        if self.rank == 0:
+            checkpoint.write_json_atomic(os.path.join(self.out, "summary.json"), summary)
+            print(report(summary, self.out))
+        self.log.close()
+        return summary

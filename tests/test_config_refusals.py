@@ -1,0 +1,77 @@
+"""A run config never accepts what cannot run: every refused setting fails at load, naming its key."""
+import pytest
+
+from megatron_sgpo.config import ConfigError, check_platform, load_config
+
+
+@pytest.mark.parametrize("overrides, key, why", [
+    (["loss.kl_coef=0.1"], "loss.kl_coef", "KL needs a reference model"),
+    (["rollout.weight_sync=distributed"], "rollout.weight_sync", "not wired into the loop"),
+    (["model.parallel.cp=2"], "model.parallel.cp", "context parallelism is not implemented"),
+    (["optim.distributed_optimizer=true"], "optim.distributed_optimizer", "cannot checkpoint the distributed"),
+    (["online.enabled=true", "run.mode=grpo"], "online.enabled", "only run.mode=sgpo makes"),
+    (["rollout.engine=vllm"], "rollout.engine", "rollout engine 'vllm' cannot be used yet"),
+    (["rollout.engine=sglang"], "rollout.url", "rollout.url, which is empty"),
+    (["data.task=jsonl"], "data.train_file", "data.train_file, which is empty"),
+    (["data.task=tests_no_such_module:TASK"], "data.task", "cannot import 'tests_no_such_module'"),
+    (["data.verifier=megatron_sgpo.tasks.verifiers:NoSuch"], "data.verifier", "has no attribute 'NoSuch'"),
+    (["data.verifier=nope"], "data.verifier", "unknown verifier 'nope'"),
+    (["data.system_prompt=Be brief.", "data.chat_template=never"], "data.system_prompt", "needs the chat template"),
+])
+def test_setting_that_cannot_run_is_refused_naming_the_key(overrides, key, why):
+    with pytest.raises(ConfigError, match=rf"config key {key}: .*{why}"):
+        load_config(None, overrides)
+
+
+def test_the_refused_settings_load_when_set_to_what_runs():
+    cfg = load_config(None, ["loss.kl_coef=0", "rollout.weight_sync=tensor", "model.parallel.cp=1",
+                             "optim.distributed_optimizer=true", "train.checkpoint_every=0",
+                             "rollout.engine=sglang", "rollout.url=http://127.0.0.1:1"])
+    assert cfg.optim.distributed_optimizer and cfg.rollout.engine == "sglang"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("online.online=true", "online.enabled"),
+    ("train.grpo_n=4", "plan.fixed_n"),
+    ("train.selection=cost_aware", "selection.zero_variance and selection.cost_aware"),
+    ("model.options.fp8=e4m3", "model.parallel.fp8"),
+])
+def test_moved_keys_name_their_new_place(old, new):
+    with pytest.raises(ConfigError, match=rf"config key {old.split('=')[0]} has moved: use {new}"):
+        load_config(None, [old])
+
+
+def test_removed_key_says_why():
+    with pytest.raises(ConfigError, match=r"config key train.log_every was removed: every step is logged"):
+        load_config(None, ["train.log_every=1"])
+
+
+def test_enumerations_are_checked_generically_with_the_dotted_key():
+    for override in ["loss.kind=trpo", "plan.order=random", "grsp.target=length", "model.options.dtype=fp16",
+                     "model.parallel.fp8=e5m2", "data.chat_template=sometimes", "rollout.weight_sync=nccl"]:
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"config key {key}: '.*' is not one of"):
+            load_config(None, [override])
+
+
+def test_run_mode_is_a_preset_that_may_be_repeated_but_not_contradicted():
+    assert load_config(None, ["run.mode=dapo"]).selection.zero_variance
+    both = load_config(None, ["run.mode=dapo", "selection.zero_variance=true", "selection.cost_aware=true"])
+    assert both.selection.zero_variance and both.selection.cost_aware
+    assert not load_config(None, ["run.mode=grpo"]).selection.zero_variance
+    with pytest.raises(ConfigError, match=r"config key selection.zero_variance=False contradicts run.mode=dapo"):
+        load_config(None, ["run.mode=dapo", "selection.zero_variance=false"])
+
+
+@pytest.mark.parametrize("overrides, key, why", [
+    (["model.parallel.tp=2", "model.parallel.sequence_parallel=true"], "model.parallel.sequence_parallel",
+     "needs Transformer Engine on a CUDA GPU"),
+    (["model.parallel.fp8=e4m3"], "model.parallel.fp8", "needs Transformer Engine and a CUDA GPU"),
+    (["model.parallel.pp=2", "model.parallel.vpp=2"], "model.parallel.vpp", "fail on gloo"),
+    (["model.hf_path=/no/such/model"], "model.hf_path", "/no/such/model does not exist"),
+    (["data.task=jsonl", "data.train_file=/no/such.jsonl", "data.verifier=exact"], "data.train_file", "does not exist"),
+])
+def test_what_this_cpu_machine_cannot_run_is_refused_before_any_compute(overrides, key, why):
+    cfg = load_config(None, overrides)  # a valid config (a GPU recipe is validated on CPU machines too)
+    with pytest.raises(ConfigError, match=rf"config key {key}: .*{why}"):
+        check_platform(cfg)
