@@ -26,7 +26,6 @@ class RunParts:
     eval_items: list[TaskItem]
     by_id: dict
     hf_path: str
-    hf_config: dict
     shape: ModelShape
     cost: CostModel
     layout: ParallelLayout  # with dp resolved from the world size
@@ -84,7 +83,7 @@ def build_parts(cfg: RunConfig) -> RunParts:
     policy = Policy(hf_config, layout, layout.dp, options, cfg.optim)
     policy.load_hf(hf)
     shape = ModelShape.from_hf_config(hf_config)
-    parts = RunParts(items, eval_items, {it.id: it for it in items + eval_items}, path, hf_config, shape,
+    parts = RunParts(items, eval_items, {it.id: it for it in items + eval_items}, path, shape,
                      CostModel.from_shape(shape), layout, parallel_state.get_data_parallel_rank(), policy,
                      WeightMapping(hf_config, layout.tp, cfg.model.options.make_vocab_size_divisible_by))
     run_on_rank0("rollout engine start", lambda: _start_rollout(parts, cfg, verifier_name))

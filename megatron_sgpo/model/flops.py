@@ -24,10 +24,11 @@ the backward pass costs twice the forward everywhere.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from megatron_sgpo.model.hf_config import head_dim, num_kv_heads, padded_vocab_size
 
 RECOMPUTE = ("none", "selective", "full")
 GATED_ACTIVATIONS = ("silu", "swiglu", "gelu_pytorch_tanh", "geglu")
@@ -60,10 +61,10 @@ class ModelShape:
             hidden=int(cfg["hidden_size"]),
             layers=int(cfg["num_hidden_layers"]),
             heads=int(cfg["num_attention_heads"]),
-            kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+            kv_heads=int(num_kv_heads(cfg)),
             ffn=int(cfg["intermediate_size"]),
             vocab=int(cfg["vocab_size"]),
-            head_dim=int(cfg.get("head_dim") or 0),
+            head_dim=int(head_dim(cfg)),
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             gated_mlp=str(cfg.get("hidden_act", "silu")) in GATED_ACTIVATIONS,
             qkv_bias=bool(cfg.get("attention_bias", False)) or cfg.get("model_type") == "qwen2",
@@ -113,8 +114,7 @@ class ModelShape:
 
     def padded_vocab(self, tp: int = 1, divisible_by: int = 128) -> int:
         """Megatron pads the vocabulary to a multiple of ``divisible_by × tp``."""
-        m = divisible_by * tp
-        return int(math.ceil(self.vocab / m) * m)
+        return padded_vocab_size(self.vocab, divisible_by, tp)
 
     def embedding_params(self, tp: int | None = None) -> int:
         """tp=None: the HF checkpoint's count; tp=t: Megatron's padded vocabulary."""

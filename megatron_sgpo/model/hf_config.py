@@ -59,6 +59,7 @@ def num_kv_heads(cfg: dict) -> int:
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Megatron pads the vocabulary to a multiple of ``divisible_by × tp``."""
     multiple = divisible_by * tp
     return int(math.ceil(vocab_size / multiple) * multiple)
 
