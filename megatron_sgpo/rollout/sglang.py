@@ -25,15 +25,8 @@ from requests.adapters import HTTPAdapter
 from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
 from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
 
-from .engine import (
-    Completion,
-    EngineError,
-    NamedTensors,
-    RolloutEngine,
-    SamplingParams,
-    check_generate_args,
-    sample_seed,
-)
+from .engine import (Completion, EngineError, NamedTensors, RolloutEngine, SamplingParams, check_generate_args,
+                     sample_seed)
 from .launcher import ServerLaunchError, SGLangLauncher  # noqa: F401  (re-exported)
 from .protocol import parse_completion, to_sglang_sampling
 
