@@ -39,6 +39,8 @@ def parse(argv=None) -> argparse.Namespace:
     wl.add_argument("--micro-batch", type=int, default=4, help="sequences per micro-batch")
     wl.add_argument("--rollout-prompts", type=int, default=8)
     wl.add_argument("--rollout-n", type=int, default=2, help="samples per rollout prompt")
+    wl.add_argument("--rollout-new-tokens", type=int, default=None,
+                    help="rollout max_new_tokens (default: --response-len)")
     r = p.add_argument_group("measurement")
     r.add_argument("--warmup", type=int, default=1)
     r.add_argument("--reps", type=int, default=3)
@@ -48,6 +50,7 @@ def parse(argv=None) -> argparse.Namespace:
     r.add_argument("--engine-url", default="", help="measure rollout on this SGLang-protocol server instead")
     r.add_argument("--skip-rollout", action="store_true")
     r.add_argument("--skip-sync", action="store_true")
+    r.add_argument("--skip-train", action="store_true", help="no training or log-prob phase (rollout/sync only)")
     p.add_argument("--json", default="", help="write the report here ('-' for stdout)")
     p.add_argument("--compare", nargs=2, metavar=("BASE", "OTHER"), help="print OTHER/BASE ratios of two reports")
     a = p.parse_args(argv)
@@ -70,19 +73,6 @@ def hf_config_of(a) -> dict:
                         max_positions=max(4096, a.prompt_len + a.response_len))
 
 
-def save_random_hf(cfg: dict, path: str) -> str:
-    """A random-init HF folder of ``cfg`` for the local engine (the sync overwrites its weights)."""
-    import torch
-    import transformers
-
-    rest = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
-    config = transformers.AutoConfig.for_model(cfg["model_type"], **rest)
-    config.architectures = cfg.get("architectures")
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
-
-
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -97,13 +87,19 @@ def table(rep: dict) -> str:
              f"{rep['workload']['response_len']}) tokens, micro-batch {rep['workload']['micro_batch']}; "
              f"median of {rep['reps']} after {rep['warmup']} warm-up",
              f"{'phase':<9} {'tokens/s':>10} {'TFLOP/s':>9} {'TFLOP/s/dev':>11} {'MFU':>6} {'median s':>9} "
-             f"{'best tok/s':>10}"]
+             f"{'best tok/s':>10} {'peak GiB':>8}"]
     for phase in ("train", "logprob", "rollout"):
         if phase in rep:
             x = rep[phase]
             lines.append(f"{phase:<9} {x['tokens_per_s']:>10.0f} {_fmt(x.get('tflops_total'), '.4g'):>9} "
                          f"{_fmt(x.get('tflops_per_device'), '.4g'):>11} {_fmt(x.get('mfu'), '.1%'):>6} "
-                         f"{x['seconds_median']:>9.3f} {x['tokens_per_s_best']:>10.0f}")
+                         f"{x['seconds_median']:>9.3f} {x['tokens_per_s_best']:>10.0f} "
+                         f"{_fmt(x.get('peak_memory_gib'), '.2f'):>8}")
+    plan = rep["planner_train_memory_gib"]
+    if rep["device"] == "cuda":  # the planner models bf16 training on GPUs
+        lines.append(f"planner: training needs {plan['total']:.2f} GiB/GPU (weights {plan['weights']:.2f}, grads "
+                     f"{plan['grads']:.2f}, optimizer {plan['optimizer']:.2f}, activations {plan['activations']:.2f}, "
+                     f"logits {plan['logits']:.2f})")
     if "sync" in rep:
         s = rep["sync"]
         lines.append(f"sync      {s['bytes'] / 1e6:.1f} MB in {s['tensors']} tensors, {s['buckets']} bucket(s): "
@@ -142,13 +138,14 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // local))
-    from megatron_sgpo.bench.throughput import BenchArgs, Workload, measure
+    from megatron_sgpo.bench.throughput import BenchArgs, Workload, measure, save_random_hf
     from megatron_sgpo.platform.dist import destroy_parallel
 
     cfg = hf_config_of(a)
-    w = Workload(a.batch, a.prompt_len, a.response_len, a.micro_batch, a.rollout_prompts, a.rollout_n)
+    w = Workload(a.batch, a.prompt_len, a.response_len, a.micro_batch, a.rollout_prompts, a.rollout_n,
+                 a.rollout_new_tokens)
     args = BenchArgs(a.tp, a.pp, a.fp8, a.warmup, a.reps, a.bucket_mb, a.seed, a.engine_url,
-                     a.skip_rollout, a.skip_sync)
+                     a.skip_rollout, a.skip_sync, a.skip_train)
     rank = int(os.environ.get("RANK", "0"))
     tmp = None
     model_dir = a.model or None

@@ -1,7 +1,8 @@
 """Measure one RL step's phases on whatever device is present: train, log-probs, weight sync, rollout.
 
 Every figure is a median over repetitions after warm-up, and every FLOP count comes from
-:mod:`megatron_sgpo.model.flops` (the ledger's convention) so the benchmark and the run's compute ledger agree by construction.
+:mod:`megatron_sgpo.model.flops` (the ledger's convention) so the benchmark and the run's compute ledger
+agree by construction.
 Weight sync is also compared with a plain copy of the same tensors, which is the floor any sync
 transport is measured against.
 """
@@ -46,6 +47,18 @@ def llama_config(hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, 
     }
 
 
+def save_random_hf(cfg: dict, path: str, dtype: torch.dtype = torch.float32) -> str:
+    """A random-init HF folder of ``cfg`` (for an engine whose weights a sync or a transport overwrites)."""
+    import transformers
+
+    rest = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **rest)
+    config.architectures = cfg.get("architectures")
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(path)
+    return path
+
+
 @dataclass(frozen=True)
 class Workload:
     """A synthetic RL step: ``batch`` sequences of prompt + response tokens, global over DP."""
@@ -56,11 +69,16 @@ class Workload:
     micro_batch: int = 4
     rollout_prompts: int = 8
     rollout_n: int = 2
+    rollout_new_tokens: int | None = None  # max_new_tokens of the rollout; None: response_len
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+
+    @property
+    def rollout_tokens(self) -> int:
+        return self.rollout_new_tokens or self.response_len
 
     @property
     def seq_len(self) -> int:
@@ -145,10 +163,9 @@ class _Recorder:
         self.engine.update_weights(bucket, version=version)
 
 
-def copy_baseline(module: torch.nn.Module, names: list[str], reps: int) -> dict:
-    """GB/s of ``dst.copy_(src)`` over exactly the engine tensors a sync wrote (same bytes, same device)."""
-    params = dict(module.named_parameters(remove_duplicate=False))
-    dst = [params[n] for n in dict.fromkeys(names)]
+def copy_baseline(dst: list[torch.Tensor], reps: int) -> dict:
+    """GB/s of ``d.copy_(s)`` into exactly these tensors from clones of them (same bytes, same device): the
+    floor every weight transport is measured against."""
     src = [t.detach().clone() for t in dst]
     nbytes = sum(t.numel() * t.element_size() for t in dst)
 
@@ -159,12 +176,33 @@ def copy_baseline(module: torch.nn.Module, names: list[str], reps: int) -> dict:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    secs = _local_timed(copy, 1, reps)
+    secs = timed_locally(copy, 1, reps)
     return {"bytes": nbytes, "seconds_median": statistics.median(secs), "GBps": nbytes / statistics.median(secs) / 1e9,
             "GBps_best": nbytes / min(secs) / 1e9}
 
 
-def _local_timed(fn, warmup: int, reps: int) -> list[float]:
+def with_peak_memory(measure_fn) -> tuple[list[float], float | None]:
+    """``measure_fn()``'s timings, and the peak GPU memory it allocated (GiB; None off CUDA)."""
+    if not torch.cuda.is_available():
+        return measure_fn(), None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    secs = measure_fn()
+    return secs, torch.cuda.max_memory_allocated() / 2**30
+
+
+def planner_train_memory(shape: ModelShape, layout, w: Workload, flash_attention: bool) -> dict:
+    """The cluster planner's per-GPU training memory (GiB by component) for this model, layout and workload."""
+    from megatron_sgpo.cluster.layouts import TrainSetup
+    from megatron_sgpo.cluster.memory import train_memory
+
+    per_rank = -(-w.batch // layout.resolved_dp())
+    setup = TrainSetup(layout, recompute="none", distributed_optimizer=False, micro_batch_size=w.micro_batch)
+    mem = train_memory(shape, setup, w.seq_len, -(-per_rank // w.micro_batch), 0.0, flash_attention)
+    return mem.as_gib()
+
+
+def timed_locally(fn, warmup: int, reps: int) -> list[float]:
     """Like :func:`timed` for work done by one rank alone (no barriers)."""
     for _ in range(warmup):
         fn()
@@ -188,6 +226,7 @@ class BenchArgs:
     engine_url: str = ""
     skip_rollout: bool = False
     skip_sync: bool = False
+    skip_train: bool = False
 
 
 def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, load_weights: bool) -> dict | None:
@@ -211,6 +250,7 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
     layout = ParallelLayout(tp=a.tp, pp=a.pp, fp8="e4m3" if a.fp8 else None)
     validate_layout(hf_config, layout, int(os.environ.get("WORLD_SIZE", "1")))
     dp = init_parallel(layout, seed=a.seed)
+    layout = layout.with_world(dist.get_world_size())
     world, rank = dist.get_world_size(), dist.get_rank()
     options = ModelOptions(init_weights=not (load_weights and model_dir))
     if a.fp8 and not use_transformer_engine():
@@ -228,8 +268,6 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
     shape = ModelShape.from_hf_config(hf_config)
     flops = step_flops(shape, w)
     mbs = rank_batches(w, hf_config["vocab_size"], dp, parallel_state.get_data_parallel_rank(), a.seed)
-    attach_old_logprobs(policy, mbs)
-    loss_fn = make_loss_fn(LossConfig(), float(w.batch * w.response_len))
 
     report = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": dev.type, "device_name": dev_name,
@@ -239,11 +277,16 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
                   "heads": shape.heads, "kv_heads": shape.kv_heads, "ffn": shape.ffn, "vocab": shape.vocab},
         "workload": {**asdict(w), "seq_len": w.seq_len, "tokens": w.tokens},
         "warmup": a.warmup, "reps": a.reps,
+        "planner_train_memory_gib": planner_train_memory(shape, layout, w, use_transformer_engine()),
     }
-    report["train"] = rates(timed(lambda: policy.train_step(mbs, loss_fn), a.warmup, a.reps),
-                            w.tokens, flops["training"], world, peak)
-    report["logprob"] = rates(timed(lambda: policy.logprobs(mbs), a.warmup, a.reps),
-                              w.tokens, flops["logprob"], world, peak)
+    if not a.skip_train:
+        attach_old_logprobs(policy, mbs)
+        loss_fn = make_loss_fn(LossConfig(), float(w.batch * w.response_len))
+        phases = {"train": (lambda: policy.train_step(mbs, loss_fn), flops["training"]),
+                  "logprob": (lambda: policy.logprobs(mbs), flops["logprob"])}
+        for phase, (fn, phase_flops) in phases.items():
+            secs, peak_gib = with_peak_memory(lambda: timed(fn, a.warmup, a.reps))
+            report[phase] = {**rates(secs, w.tokens, phase_flops, world, peak), "peak_memory_gib": peak_gib}
 
     engine = None
     if rank == 0 and (not a.skip_sync or (not a.skip_rollout and not a.engine_url)):
@@ -262,14 +305,15 @@ def measure(hf_config: dict, model_dir: str | None, w: Workload, a: BenchArgs, l
                 target.sent.clear()
             stats.update(sync_weights(policy.modules(), mapping, target, next(version), a.bucket_mb << 20, dtype))
 
-        secs = timed(sync, a.warmup, a.reps)
+        secs, peak_gib = with_peak_memory(lambda: timed(sync, a.warmup, a.reps))
         if rank == 0:
             med = statistics.median(secs)
-            base = copy_baseline(engine.model, target.sent, a.reps)
+            params = dict(engine.model.named_parameters(remove_duplicate=False))
+            base = copy_baseline([params[n] for n in dict.fromkeys(target.sent)], a.reps)
             report["sync"] = {**stats, "seconds_median": med, "seconds_all": secs, "GBps": stats["bytes"] / med / 1e9,
                               "GBps_best": stats["bytes"] / min(secs) / 1e9, "copy_GBps_best": base["GBps_best"],
                               "copy_GBps": base["GBps"], "copy_bytes": base["bytes"],
-                              "ratio_to_copy": stats["bytes"] / med / 1e9 / base["GBps"]}
+                              "ratio_to_copy": stats["bytes"] / med / 1e9 / base["GBps"], "peak_memory_gib": peak_gib}
     if not a.skip_rollout and rank == 0:
         report["rollout"] = _rollout(engine, a, w, hf_config["vocab_size"], shape)
     if dist.is_initialized():
@@ -288,16 +332,16 @@ def _rollout(engine, a: BenchArgs, w: Workload, vocab: int, shape: ModelShape) -
     gen = torch.Generator().manual_seed(a.seed + 1)
     prompts = torch.randint(1, vocab, (w.rollout_prompts, w.prompt_len), generator=gen).tolist()
     counts = [w.rollout_n] * w.rollout_prompts
-    params = SamplingParams(temperature=1.0, max_new_tokens=w.response_len, seed=a.seed)
+    params = SamplingParams(temperature=1.0, max_new_tokens=w.rollout_tokens, seed=a.seed)
     generated: list[int] = []
 
     def run():
         out = engine.generate(prompts, counts, params)
         generated[:] = [len(c.token_ids) for group in out for c in group]
 
-    secs = _local_timed(run, a.warmup, a.reps)
+    secs, peak_gib = with_peak_memory(lambda: timed_locally(run, a.warmup, a.reps))
     tokens = sum(generated)
     flops = sum(inference_flops(shape, w.prompt_len, n) for n in generated)
-    out = rates(secs, tokens, flops, 1, None)
+    out = {**rates(secs, tokens, flops, 1, None), "peak_memory_gib": peak_gib}
     out.update(engine="sglang:" + a.engine_url if a.engine_url else "local", sequences=len(generated))
     return out

@@ -5,6 +5,7 @@ local spec otherwise. Parameters are bf16 on GPU and fp32 on CPU unless the opti
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -73,6 +74,12 @@ def use_transformer_engine() -> bool:
     return te.guard() and torch.cuda.is_available()
 
 
+def fused_softmax_available() -> bool:
+    """Whether the local spec's fused masked softmax can run: it imports apex's CUDA extension at call time
+    (``scaled_upper_triang_masked_softmax_cuda``), so a GPU without apex must use the torch softmax."""
+    return torch.cuda.is_available() and importlib.util.find_spec("scaled_upper_triang_masked_softmax_cuda") is not None
+
+
 def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions):
     """megatron ``TransformerConfig`` equivalent to the HF config, for this layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -123,7 +130,7 @@ def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions)
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        masked_softmax_fusion=on_gpu,
+        masked_softmax_fusion=fused_softmax_available(),
         persist_layer_norm=False,
         apply_rope_fusion=False,
         **extra,

@@ -9,22 +9,22 @@ from unittest import mock
 
 import torch
 
+from megatron_sgpo.model import build as model_mod
 from megatron_sgpo.model.build import ModelOptions, build_model
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.load import load_hf_weights
 from megatron_sgpo.model.mapping import WeightMapping
 from megatron_sgpo.platform.dist import init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
-from megatron_sgpo.train import model as model_mod
 
 
-def run(cfg, ckpt, options, use_te: bool, tokens):
+def run(cfg, ckpt, layout: ParallelLayout, use_te: bool, tokens):
     with mock.patch.object(model_mod, "use_transformer_engine", lambda: use_te):
-        chunk = build_model(cfg, ParallelLayout(), options)[0]
+        chunk = build_model(cfg, layout, ModelOptions(dtype="bf16"))[0]
     load_hf_weights([chunk], ckpt, WeightMapping(cfg), 0)
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     ctx = torch.enable_grad()
-    if options.fp8:
+    if layout.fp8:
         import transformer_engine.pytorch as te
         from transformer_engine.common.recipe import DelayedScaling, Format
 
@@ -46,9 +46,9 @@ def main():
     cfg = ckpt.config
     tokens = torch.randint(0, cfg["vocab_size"], (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
     out = {
-        "local": run(cfg, ckpt, ModelOptions(dtype="bf16"), False, tokens),
-        "te": run(cfg, ckpt, ModelOptions(dtype="bf16"), True, tokens),
-        "te_fp8": run(cfg, ckpt, ModelOptions(dtype="bf16", fp8="e4m3", fp8_recipe="delayed"), True, tokens),
+        "local": run(cfg, ckpt, ParallelLayout(), False, tokens),
+        "te": run(cfg, ckpt, ParallelLayout(), True, tokens),
+        "te_fp8": run(cfg, ckpt, ParallelLayout(fp8="e4m3", fp8_recipe="delayed"), True, tokens),
     }
     torch.save(out, a.out)
 
