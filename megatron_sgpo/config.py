@@ -19,6 +19,7 @@ import yaml
 
 from megatron_sgpo.algo.grsp import GRSPConfig
 from megatron_sgpo.algo.loss import LossConfig
+from megatron_sgpo.algo.mismatch import MismatchConfig
 from megatron_sgpo.algo.plan import PlanConfig
 from megatron_sgpo.algo.posterior import OnlinePosteriorConfig
 from megatron_sgpo.algo.select import SelectionConfig
@@ -106,7 +107,9 @@ class RolloutSection:
 class TrainSection:
     steps: int = 20
     prompts_per_step: int = 8
-    epochs: int = 1
+    epochs: int = 1  # passes over the plan's prompts
+    mini_batches: int = 1  # optimizer steps per rollout batch (PPO mini-batches)
+    ppo_epochs: int = 1  # passes over a rollout batch's mini-batches
     max_tokens_per_micro_batch: int = 2048
     eval_every: int = 5
     checkpoint_every: int = 5
@@ -114,7 +117,7 @@ class TrainSection:
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"train.steps must be >= 0, got {self.steps}")
-        for name in ("prompts_per_step", "epochs", "max_tokens_per_micro_batch"):
+        for name in ("prompts_per_step", "epochs", "mini_batches", "ppo_epochs", "max_tokens_per_micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -130,6 +133,7 @@ class RunConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     loss: LossConfig = field(default_factory=LossConfig)
+    mismatch: MismatchConfig = field(default_factory=MismatchConfig)
     grsp: GRSPConfig = field(default_factory=lambda: GRSPConfig(coef=0.0))  # segment length penalty, off at 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
@@ -169,8 +173,13 @@ def _check_run(cfg: RunConfig) -> None:
     from megatron_sgpo.tasks.registry import get_task
     from megatron_sgpo.tasks.verifiers import VERIFIERS
 
-    if cfg.loss.kl_coef > 0:
-        _refuse("loss.kl_coef", "KL needs a reference model, which is not implemented yet; set it to 0")
+    if cfg.loss.kl_coef > 0 and cfg.loss.kl_in == "reward":
+        if cfg.selection.cost_aware:
+            _refuse("loss.kl_in", "'reward' recomputes group advantages after the reference pass, which the "
+                                  "duplicated, importance-weighted draws of selection.cost_aware do not allow")
+        if cfg.grsp.coef > 0 and cfg.grsp.target == "advantage":
+            _refuse("loss.kl_in", "'reward' recomputes the advantages from rewards, which would drop a GRSP penalty "
+                                  "applied to the advantage (grsp.target=advantage); use grsp.target=reward")
     if cfg.rollout.weight_sync == "distributed":
         _refuse("rollout.weight_sync", "'distributed' is not wired into the loop yet (the trainer-engine broadcast "
                                        "group is never created); use 'tensor'")
@@ -225,15 +234,12 @@ def check_platform(cfg: RunConfig) -> None:
         if path and not os.path.exists(path):
             _refuse(key, f"{path} does not exist")
     p = cfg.model.parallel
-    if p.sequence_parallel and not use_transformer_engine():
+    if p.sequence_parallel and torch.cuda.is_available() and not use_transformer_engine():
         _refuse("model.parallel.sequence_parallel", "needs Transformer Engine on a CUDA GPU: megatron's local layer "
-                                                    "spec (used without them) refuses sequence parallelism")
+                                                    "spec refuses it there (only the CPU layer has an SP norm)")
     if p.fp8 and not use_transformer_engine():
         _refuse("model.parallel.fp8",
                 f"needs Transformer Engine and a CUDA GPU ({te.unavailable_reason() or 'no GPU'})")
-    if p.vpp and not torch.cuda.is_available():
-        _refuse("model.parallel.vpp", "virtual pipeline stages fail on gloo (CPU) when micro-batches differ in "
-                                      "shape, as every RL step's do")
 
 
 # ---------------------------------------------------------------------- YAML -> dataclasses

@@ -5,7 +5,8 @@ from megatron_sgpo.config import ConfigError, check_platform, load_config
 
 
 @pytest.mark.parametrize("overrides, key, why", [
-    (["loss.kl_coef=0.1"], "loss.kl_coef", "KL needs a reference model"),
+    (["loss.kl_coef=0.1", "loss.kl_in=reward", "selection.cost_aware=true"], "loss.kl_in", "importance-weighted"),
+    (["loss.kl_coef=0.1", "loss.kl_in=reward", "grsp.coef=0.1"], "loss.kl_in", "grsp.target=reward"),
     (["rollout.weight_sync=distributed"], "rollout.weight_sync", "not wired into the loop"),
     (["model.parallel.cp=2"], "model.parallel.cp", "context parallelism is not implemented"),
     (["optim.distributed_optimizer=true"], "optim.distributed_optimizer", "cannot checkpoint the distributed"),
@@ -23,8 +24,20 @@ def test_setting_that_cannot_run_is_refused_naming_the_key(overrides, key, why):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize("overrides, section, why", [
+    (["mismatch.mask_low=0.5"], "mismatch", "mask_low and mask_high are set together"),
+    (["mismatch.mask_low=1.5", "mismatch.mask_high=2"], "mismatch", "masking needs 0 <= mask_low < 1 < mask_high"),
+    (["optim.lr_warmup_steps=10", "optim.lr_decay_steps=5"], "optim", "lr_warmup_steps=10 must be < lr_decay_steps=5"),
+    (["optim.min_lr=1", "optim.lr=0.1"], "optim", r"min_lr must be in \[0, lr=0.1\]"),
+    (["train.mini_batches=0"], "train", "train.mini_batches must be >= 1"),
+])
+def test_sections_refuse_impossible_values(overrides, section, why):
+    with pytest.raises(ConfigError, match=rf"invalid config section {section}: {why}"):
+        load_config(None, overrides)
+
+
 def test_the_refused_settings_load_when_set_to_what_runs():
-    cfg = load_config(None, ["loss.kl_coef=0", "rollout.weight_sync=tensor", "model.parallel.cp=1",
+    cfg = load_config(None, ["loss.kl_coef=0.1", "rollout.weight_sync=tensor", "model.parallel.cp=1",
                              "optim.distributed_optimizer=true", "train.checkpoint_every=0",
                              "rollout.engine=sglang", "rollout.url=http://127.0.0.1:1"])
     assert cfg.optim.distributed_optimizer and cfg.rollout.engine == "sglang"
@@ -64,10 +77,7 @@ def test_run_mode_is_a_preset_that_may_be_repeated_but_not_contradicted():
 
 
 @pytest.mark.parametrize("overrides, key, why", [
-    (["model.parallel.tp=2", "model.parallel.sequence_parallel=true"], "model.parallel.sequence_parallel",
-     "needs Transformer Engine on a CUDA GPU"),
     (["model.parallel.fp8=e4m3"], "model.parallel.fp8", "needs Transformer Engine and a CUDA GPU"),
-    (["model.parallel.pp=2", "model.parallel.vpp=2"], "model.parallel.vpp", "fail on gloo"),
     (["model.hf_path=/no/such/model"], "model.hf_path", "/no/such/model does not exist"),
     (["data.task=jsonl", "data.train_file=/no/such.jsonl", "data.verifier=exact"], "data.train_file", "does not exist"),
 ])

@@ -15,8 +15,9 @@ import torch
 
 from megatron_sgpo.choices import check_choices
 
-KlType = Literal["k1", "k3"]
+KlType = Literal["k1", "k2", "k3", "low_var_kl"]
 KL_TYPES = typing.get_args(KlType)
+LOW_VAR_KL_BOUND = 10.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class LossConfig:
 
     ``dual_clip`` c > 1 bounds the PPO loss of negative-advantage tokens at -c*A.
     For CISPO, eps_low >= 1 removes the lower truncation (MiniMax-M1 setting).
+    ``kl_coef`` > 0 keeps the policy near the frozen reference: ``kl_in="loss"`` adds kl_coef * KL per token to
+    the loss; ``kl_in="reward"`` subtracts kl_coef * (the sequence's summed KL) from its reward before the group
+    advantages are computed.
     """
 
     kind: Literal["ppo", "gspo", "cispo"] = "ppo"
@@ -33,6 +37,7 @@ class LossConfig:
     dual_clip: Optional[float] = None
     kl_coef: float = 0.0
     kl_type: KlType = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
     entropy_coef: float = 0.0
     agg: Literal["token_mean", "seq_mean"] = "token_mean"
 
@@ -50,19 +55,29 @@ class LossConfig:
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kl_type: str = "k3") -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate: k1 = logp - ref; k3 = exp(ref - logp) - (ref - logp) - 1."""
+    """Per-token estimate of KL(pi || ref) on tokens sampled from pi (Schulman's k1, k2, k3).
+
+    k1 = logp - ref (unbiased, high variance, can be negative); k2 = (logp - ref)^2 / 2; k3 = e^{ref-logp} -
+    (ref - logp) - 1 (unbiased, non-negative, low variance); low_var_kl = k3 clamped to [-10, 10], which keeps a
+    single wildly off token from dominating the step.
+    """
     if kl_type == "k1":
         return logp - ref_logp
-    if kl_type == "k3":
+    if kl_type == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    if kl_type in ("k3", "low_var_kl"):
         d = ref_logp - logp
-        return torch.exp(d) - d - 1.0
+        k3 = torch.exp(d) - d - 1.0
+        return k3 if kl_type == "k3" else torch.clamp(k3, -LOW_VAR_KL_BOUND, LOW_VAR_KL_BOUND)
     raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
 
 
-def _check_inputs(logp, old_logp, advantages, mask, normalizer, ref_logp, entropy, sample_weights) -> None:
+def _check_inputs(logp, old_logp, advantages, mask, normalizer, ref_logp, entropy, sample_weights,
+                  token_weights) -> None:
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
-    for name, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp), ("entropy", entropy)):
+    for name, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp), ("entropy", entropy),
+                    ("token_weights", token_weights)):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} must have the shape of logp {tuple(logp.shape)}, got {tuple(t.shape)}")
     b = logp.shape[0]
@@ -84,21 +99,25 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one micro-batch: sum of per-token (token_mean) or per-sequence (seq_mean) loss / normalizer.
 
-    Per-token loss = policy term + kl_coef * KL - entropy_coef * entropy, all
+    Per-token loss = token_weights * policy term + kl_coef * KL - entropy_coef * entropy, all
     multiplied by the sequence's ``sample_weights`` (importance weights of a
-    cost-aware selection reweight the whole sampled objective). A sequence's
+    cost-aware selection reweight the whole sampled objective). ``token_weights``
+    are the train–inference mismatch correction (algo/mismatch.py) of the
+    policy-gradient term. A sequence's
     loss under seq_mean is the mean of its tokens' losses; sequences without
     response tokens contribute nothing. GSPO's sequence loss is given to each of
     its tokens, so under token_mean a sequence weighs by its length.
     Metrics are detached sums (tokens, seqs, clipped_tokens, ratio_sum, ...) to
     all-reduce before dividing.
     """
-    _check_inputs(logp, old_logp, advantages, mask, normalizer, ref_logp, entropy, sample_weights)
-    if cfg.kl_coef > 0 and ref_logp is None:
-        raise ValueError("kl_coef > 0 needs ref_logp")
+    _check_inputs(logp, old_logp, advantages, mask, normalizer, ref_logp, entropy, sample_weights, token_weights)
+    kl_in_loss = cfg.kl_coef > 0 and cfg.kl_in == "loss"
+    if kl_in_loss and ref_logp is None:
+        raise ValueError("kl_coef > 0 with kl_in='loss' needs ref_logp")
     if cfg.entropy_coef != 0 and entropy is None:
         raise ValueError("entropy_coef != 0 needs the entropy tensor")
     m = mask.to(logp.dtype)
@@ -128,11 +147,12 @@ def policy_loss(
         pg = -weight * adv * logp
         clipped = (ratio < lo) | (ratio > hi)
 
-    tok_loss = pg
+    tok_loss = pg if token_weights is None else pg * token_weights.detach().to(logp.dtype)
     metrics: dict[str, torch.Tensor] = {}
     if ref_logp is not None:
         kl = kl_penalty(logp, ref_logp.detach(), cfg.kl_type)
-        tok_loss = tok_loss + cfg.kl_coef * kl
+        if kl_in_loss:
+            tok_loss = tok_loss + cfg.kl_coef * kl
         metrics["kl_sum"] = (kl * m).sum().detach()
     if entropy is not None:
         tok_loss = tok_loss - cfg.entropy_coef * entropy

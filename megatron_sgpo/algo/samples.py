@@ -24,6 +24,8 @@ class StepSamples:
     group_ids: np.ndarray
     advantages: np.ndarray  # per sample, already normalised within its group
     weights: np.ndarray | None = None  # importance weights (cost-aware selection), default 1
+    engine_logprobs: list[list[float]] | None = None  # per sample, the engine's log-prob of each response token
+    rewards: np.ndarray | None = None  # per sample, the rewards the advantages were computed from (GRSP-shaped)
 
     def __post_init__(self):
         n = len(self.sequences)
@@ -31,16 +33,30 @@ class StepSamples:
             raise ValueError("StepSamples fields must all have one entry per sample")
         if n == 0:
             raise ValueError("a step needs at least one sample")
+        if self.engine_logprobs is not None:
+            for i, (seq, p, lps) in enumerate(zip(self.sequences, self.prompt_lens, self.engine_logprobs)):
+                if len(lps) != len(seq) - p:
+                    raise ValueError(f"sample {i}: {len(lps)} engine log-probs for {len(seq) - p} response tokens")
 
     def response_tokens(self) -> int:
         return int(sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens)))
 
+    def subset(self, index: np.ndarray) -> "StepSamples":
+        """The samples at ``index`` (a PPO mini-batch), in that order."""
+        pick = lambda values: [values[i] for i in index]  # noqa: E731
+        return StepSamples(pick(self.sequences), pick(self.prompt_lens), np.asarray(self.group_ids)[index],
+                           np.asarray(self.advantages)[index],
+                           None if self.weights is None else np.asarray(self.weights)[index],
+                           None if self.engine_logprobs is None else pick(self.engine_logprobs),
+                           None if self.rewards is None else np.asarray(self.rewards)[index])
 
-def group_advantages(groups: Sequence, rewards: np.ndarray, group_ids: np.ndarray,
-                     cfg: grsp.GRSPConfig) -> np.ndarray:
-    """Per-group advantages, with the GRSP segment-length penalty on the reward or the advantage (coef 0: off)."""
+
+def shaped_advantages(groups: Sequence, rewards: np.ndarray, group_ids: np.ndarray,
+                      cfg: grsp.GRSPConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(per-group advantages, the rewards they came from), with the GRSP segment-length penalty on the reward or
+    on the advantage (coef 0: off)."""
     if cfg.coef == 0:
-        return advantage.group_advantages(rewards, group_ids)
+        return advantage.group_advantages(rewards, group_ids), rewards
 
     def penalised(values: np.ndarray) -> np.ndarray:
         out = values.astype(np.float64).copy()
@@ -50,22 +66,24 @@ def group_advantages(groups: Sequence, rewards: np.ndarray, group_ids: np.ndarra
         return out
 
     if cfg.target == "reward":
-        return advantage.group_advantages(penalised(rewards), group_ids)
-    return penalised(advantage.group_advantages(rewards, group_ids))
+        shaped = penalised(rewards)
+        return advantage.group_advantages(shaped, group_ids), shaped
+    return penalised(advantage.group_advantages(rewards, group_ids)), rewards
 
 
 def build_step_samples(groups: Sequence, grsp_cfg: grsp.GRSPConfig, selection: select.SelectionConfig,
                        rng: np.random.Generator) -> StepSamples | None:
     """The samples the optimiser trains on this step, or None when the selection kept none."""
-    seqs, plens, gids, rewards = [], [], [], []
+    seqs, plens, gids, rewards, engine_lps = [], [], [], [], []
     for g, group in enumerate(groups):
         for completion, reward in zip(group.completions, group.rewards):
             seqs.append(group.prompt_ids + list(completion.token_ids))
             plens.append(len(group.prompt_ids))
             gids.append(g)
             rewards.append(reward)
+            engine_lps.append(list(completion.logprobs))
     rewards_a, gids_a = np.array(rewards), np.array(gids)
-    adv = group_advantages(groups, rewards_a, gids_a, grsp_cfg)
+    adv, shaped = shaped_advantages(groups, rewards_a, gids_a, grsp_cfg)
     keep, weights = np.arange(len(seqs)), None
     if selection.zero_variance:
         keep = np.flatnonzero(select.zero_variance_filter(rewards_a, gids_a).keep)
@@ -76,4 +94,5 @@ def build_step_samples(groups: Sequence, grsp_cfg: grsp.GRSPConfig, selection: s
         keep, weights = keep[pick.indices], pick.weights
     if len(keep) == 0:
         return None
-    return StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep], weights)
+    return StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep], weights,
+                       [engine_lps[i] for i in keep], shaped[keep])

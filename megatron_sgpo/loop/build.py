@@ -32,6 +32,7 @@ class RunParts:
     dp_rank: int
     policy: object
     mapping: WeightMapping
+    reference: object = None  # the frozen reference policy, when the loss has a KL term
     engine: object = None  # rank 0 only
     runner: object = None  # rank 0 only
 
@@ -63,6 +64,7 @@ def build_parts(cfg: RunConfig) -> RunParts:
 
     from megatron_sgpo.model.hf_io import HFCheckpoint
     from megatron_sgpo.train.policy import Policy
+    from megatron_sgpo.train.reference import ReferencePolicy
 
     check_platform(cfg)
     path = policy_path(cfg)
@@ -80,12 +82,15 @@ def build_parts(cfg: RunConfig) -> RunParts:
     init_parallel(layout, seed=cfg.run.seed)
     # every parameter is overwritten by the checkpoint below: skip megatron's random initialisation
     options = dataclasses.replace(cfg.model.options, init_weights=False)
-    policy = Policy(hf_config, layout, layout.dp, options, cfg.optim)
+    t = cfg.train
+    policy = Policy(hf_config, layout, layout.dp, options, cfg.optim,
+                    total_steps=t.steps * t.mini_batches * t.ppo_epochs)
     policy.load_hf(hf)
     shape = ModelShape.from_hf_config(hf_config)
     parts = RunParts(items, eval_items, {it.id: it for it in items + eval_items}, path, shape,
                      CostModel.from_shape(shape), layout, parallel_state.get_data_parallel_rank(), policy,
-                     WeightMapping(hf_config, layout.tp, cfg.model.options.make_vocab_size_divisible_by))
+                     WeightMapping(hf_config, layout.tp, cfg.model.options.make_vocab_size_divisible_by),
+                     ReferencePolicy(policy) if cfg.loss.kl_coef > 0 else None)
     run_on_rank0("rollout engine start", lambda: _start_rollout(parts, cfg, verifier_name))
     return parts
 

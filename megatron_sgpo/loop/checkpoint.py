@@ -1,4 +1,4 @@
-"""Checkpoints of the full RL state: model, optimizer, plan position, posteriors, ledger, RNG.
+"""Checkpoints of the full RL state: model, optimizer, LR schedule, plan position, posteriors, ledger, RNG.
 
 Layout: ``<output_dir>/checkpoints/step_<N>/{rank<R>.pt, state.json}`` and a ``latest`` file naming
 the newest complete one. Every rank writes into ``step_<N>.tmp``; after a barrier rank 0 renames it
@@ -39,7 +39,8 @@ def save(output_dir: str, step: int, policy, state: dict) -> str:
         os.makedirs(tmp)
     dist.barrier()
     torch.save({"model": [c.state_dict() for c in policy.chunks], "optimizer": policy.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}, os.path.join(tmp, f"rank{rank}.pt"))
+                "scheduler": policy.scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+               os.path.join(tmp, f"rank{rank}.pt"))
     if rank == 0:
         write_json_atomic(os.path.join(tmp, "state.json"), state)
     dist.barrier()
@@ -69,6 +70,7 @@ def load(path: str, policy) -> dict:
     for chunk, sd in zip(policy.chunks, blob["model"]):
         chunk.load_state_dict(sd)
     policy.optimizer.load_state_dict(blob["optimizer"])
+    policy.scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     with open(os.path.join(path, "state.json")) as f:
         return json.load(f)

@@ -100,17 +100,20 @@ class Trainer:
             self.seen.add(group.item.id)
 
     def _account_training(self, samples: StepSamples) -> None:
-        shape = self.parts.shape
+        """Old log-probs (and reference log-probs) once per sample, training once per sample and PPO epoch."""
+        shape, passes, epochs = self.parts.shape, 1 + (self.parts.reference is not None), self.cfg.train.ppo_epochs
         lens = [len(s) for s in samples.sequences]
-        self.ledger.add("logprob", sum(lens), sum(logprob_flops(shape, n) for n in lens))
-        self.ledger.add("training", sum(lens), sum(training_flops(shape, n) for n in lens))
+        self.ledger.add("logprob", passes * sum(lens), passes * sum(logprob_flops(shape, n) for n in lens))
+        self.ledger.add("training", epochs * sum(lens), epochs * sum(training_flops(shape, n) for n in lens))
 
     def _update(self, samples: StepSamples, stats: dict) -> None:
         """One optimizer step on every rank; a NaN/inf loss skips the step (three in a row stop the run)."""
         cfg, parts = self.cfg, self.parts
         try:
             metrics = update(parts.policy, samples, cfg.loss, parts.layout, parts.dp_rank,
-                             cfg.train.max_tokens_per_micro_batch, parts.cost, cfg.rollout.temperature)
+                             cfg.train.max_tokens_per_micro_batch, parts.cost, cfg.rollout.temperature,
+                             cfg.train.mini_batches, cfg.train.ppo_epochs,
+                             np.random.default_rng([cfg.run.seed, self.step, 1]), parts.reference, cfg.mismatch)
             stats.update({f"train/{k}": v for k, v in metrics.items()})
             self.bad_steps = 0
         except NonFiniteLossError as exc:

@@ -1,10 +1,12 @@
 """Build a megatron-core ``GPTModel`` from a Hugging Face ``config.json``.
 
 The layer spec is Transformer Engine's when TE imports and CUDA is present (optionally FP8), megatron's
-local spec otherwise. Parameters are bf16 on GPU and fp32 on CPU unless the options say otherwise.
+local spec otherwise (on CPU with sequence parallelism, with the CPU layer's SP-capable norms). Parameters
+are bf16 on GPU and fp32 on CPU unless the options say otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -22,7 +24,7 @@ from megatron_sgpo.model.hf_config import (
     rope_settings,
     validate_layout,
 )
-from megatron_sgpo.platform import te
+from megatron_sgpo.platform import cpu, te
 from megatron_sgpo.platform.layout import ParallelLayout
 
 
@@ -121,8 +123,10 @@ def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions)
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
-        # gloo pairs batched isend/irecv wrongly when a rank's previous and next stage coincide
-        batch_p2p_comm=on_gpu or layout.vpp is None,
+        # Interleaved: one direction per p2p call, as Megatron-LM requires at PP=2 (there a rank's previous and
+        # next stage are one rank, and ops to it in one call, batched shapes included, pair in posting order)
+        batch_p2p_comm=layout.vpp is None,
+        overlap_p2p_comm=layout.vpp is not None,
         variable_seq_lengths=layout.pp > 1,  # RL micro-batches differ in length: send shapes first
         moe_token_dispatcher_type="alltoall",  # dense models; megatron rejects the default with the line above
         use_cpu_initialization=not on_gpu,
@@ -137,13 +141,43 @@ def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions)
     )
 
 
-def layer_spec(cfg: dict):
+def _cpu_sequence_parallel(sequence_parallel: bool) -> bool:
+    """Whether the local spec needs the CPU layer's SP-capable norm (megatron's own refuses SP)."""
+    return sequence_parallel and not torch.cuda.is_available()
+
+
+def _swap(spec, old, new):
+    """``spec`` with every occurrence of module ``old`` in its (nested dataclass) tree replaced by ``new``."""
+    if spec is old:
+        return new
+    if not dataclasses.is_dataclass(spec) or isinstance(spec, type):
+        return spec
+    return dataclasses.replace(spec, **{f.name: _swap(getattr(spec, f.name), old, new)
+                                        for f in dataclasses.fields(spec) if f.init})
+
+
+def layer_spec(cfg: dict, sequence_parallel: bool = False):
     from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     qk_norm = family_of(cfg).qk_norm
     if use_transformer_engine():
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
-    return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm")
+    if _cpu_sequence_parallel(sequence_parallel):  # every norm: input, pre-MLP and q/k
+        spec = _swap(spec, WrappedTorchNorm, cpu.SequenceParallelNorm)
+    return spec
+
+
+def _decoder_spec(spec, config, stage: Optional[int]):
+    """What GPTModel builds its decoder from. From a layer spec megatron takes its default final norm, which
+    refuses SP on CPU; there the block is spelled out (as megatron would) with the SP-capable norm last."""
+    if use_transformer_engine() or not _cpu_sequence_parallel(config.sequence_parallel):
+        return spec
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    layers = get_num_layers_to_build(config, vp_stage=stage)
+    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=cpu.SequenceParallelNorm)
 
 
 def build_model(cfg, layout: ParallelLayout, options: ModelOptions = ModelOptions()) -> list:
@@ -157,7 +191,7 @@ def build_model(cfg, layout: ParallelLayout, options: ModelOptions = ModelOption
     cfg = load_hf_config(cfg)
     validate_layout(cfg, layout)
     config = transformer_config(cfg, layout, options)
-    spec = layer_spec(cfg)
+    spec = layer_spec(cfg, layout.sequence_parallel)
     vocab = padded_vocab_size(cfg["vocab_size"], options.make_vocab_size_divisible_by, layout.tp)
     max_len = options.max_sequence_length or cfg.get("max_position_embeddings", 4096)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -166,7 +200,7 @@ def build_model(cfg, layout: ParallelLayout, options: ModelOptions = ModelOption
         stage = vp_stage if layout.vpp else None
         model = GPTModel(
             config=config,
-            transformer_layer_spec=spec,
+            transformer_layer_spec=_decoder_spec(spec, config, stage),
             vocab_size=vocab,
             max_sequence_length=max_len,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),

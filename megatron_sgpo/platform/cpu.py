@@ -15,11 +15,15 @@ so the *real* megatron model, pipeline schedules, DDP and optimizers run on CPU 
    callers inside ``megatron.core.optimizer`` only, a CPU tensor reports the CUDA-style name.
 4. ``Tensor.cuda()`` called by megatron itself (tied embeddings across pipeline stages): for callers
    inside ``megatron.core`` only, it returns the tensor where it is.
+5. Sequence parallelism: megatron's torch norm (``WrappedTorchNorm``, the local spec's) refuses it, and
+   TE's or apex's norms do not exist here. :class:`SequenceParallelNorm` is the torch norm with its
+   parameters marked ``sequence_parallel`` as those norms mark theirs, so megatron all-reduces their
+   gradients over TP; :mod:`megatron_sgpo.model.build` puts it in the local spec when SP is on.
 
 :func:`enable` does nothing when CUDA is available, so none of this can leak into GPU runs; it is
 idempotent, and :func:`is_enabled` tells whether it is active. Nothing else in the project patches
-megatron. Pipeline parallelism with virtual stages additionally needs ``batch_p2p_comm=False`` on
-gloo (see :mod:`megatron_sgpo.model.build`).
+megatron. The interleaved pipeline needs nothing here: its p2p settings hold on every backend (see
+:func:`megatron_sgpo.model.build.transformer_config`).
 """
 from __future__ import annotations
 
@@ -133,6 +137,26 @@ def _patch_tensor_cuda() -> None:
         return original(self, *args, **kwargs)
 
     torch.Tensor.cuda = cuda
+
+
+class SequenceParallelNorm:
+    """torch's ``RMSNorm``/``LayerNorm`` (what ``WrappedTorchNorm`` builds), usable with sequence parallelism.
+
+    Under SP each TP rank normalises its own sequence shard, so the norm is unchanged but its weight
+    gradient is partial: ``finalize_model_grads`` sums the gradients of parameters marked
+    ``sequence_parallel`` over the TP group, as it does for TE's and apex's norms.
+    """
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_):
+        if config.layernorm_zero_centered_gamma or config.memory_efficient_layer_norm:
+            raise ValueError("zero-centred gamma and memory-efficient layer norm need TE or apex")
+        kinds = {"RMSNorm": torch.nn.RMSNorm, "LayerNorm": torch.nn.LayerNorm}
+        if config.normalization not in kinds:
+            raise ValueError(f"normalization {config.normalization!r} unsupported (supported: {', '.join(kinds)})")
+        norm = kinds[config.normalization](hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
 
 
 def enable() -> bool:

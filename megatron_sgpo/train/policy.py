@@ -6,15 +6,17 @@ and an update over a step's micro-batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
+from megatron_sgpo.choices import check_choices
 from megatron_sgpo.model.build import ModelOptions, build_model
 from megatron_sgpo.model.hf_config import load_hf_config
 from megatron_sgpo.platform.dist import device
 from megatron_sgpo.platform.layout import ParallelLayout
-from megatron_sgpo.train.step import LossFn, MicroBatch, forward_backward
+from megatron_sgpo.train.step import LossFn, MicroBatch, forward_backward, forward_logprobs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,6 +25,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Adam and its learning-rate schedule (megatron's OptimizerParamScheduler, stepped once per optimizer step).
+
+    ``lr_warmup_steps`` ramps the rate linearly from 0 to ``lr``; then it stays (``constant``) or decays to
+    ``min_lr`` at ``lr_decay_steps`` (0: the run's last optimizer step) linearly or on a cosine.
+    """
+
     lr: float = 1e-5
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -30,19 +38,39 @@ class OptimConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     distributed_optimizer: bool = False
+    lr_warmup_steps: int = 0
+    lr_decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    lr_decay_steps: int = 0
+    min_lr: float = 0.0
 
     def __post_init__(self):
+        check_choices(self)
         if self.lr <= 0:
             raise ValueError(f"optimizer lr must be > 0, got {self.lr}")
         if self.clip_grad < 0:
             raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.lr_warmup_steps < 0 or self.lr_decay_steps < 0:
+            raise ValueError("lr_warmup_steps and lr_decay_steps must be >= 0")
+        if self.lr_decay_steps and self.lr_warmup_steps >= self.lr_decay_steps:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be < lr_decay_steps={self.lr_decay_steps}")
+
+    def scheduler(self, optimizer, total_steps: int):
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        decay_steps = self.lr_decay_steps or max(total_steps, self.lr_warmup_steps + 1)
+        return OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=self.lr, min_lr=self.min_lr,
+                                       lr_warmup_steps=self.lr_warmup_steps, lr_decay_steps=decay_steps,
+                                       lr_decay_style=self.lr_decay_style, start_wd=self.weight_decay,
+                                       end_wd=self.weight_decay, wd_incr_steps=decay_steps, wd_incr_style="constant")
 
 
 class Policy:
     """Model chunks + DDP + optimizer for one rank, built from an HF config."""
 
     def __init__(self, hf_config, layout: ParallelLayout, dp_size: int, options: ModelOptions = ModelOptions(),
-                 optim: OptimConfig = OptimConfig()):
+                 optim: OptimConfig = OptimConfig(), total_steps: int = 1):
         from megatron.core.distributed import (
             DistributedDataParallel,
             DistributedDataParallelConfig,
@@ -65,13 +93,14 @@ class Policy:
         dtype = options.torch_dtype()
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
-                optimizer="adam", lr=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
+                optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay, adam_beta1=optim.adam_beta1,
                 adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps, clip_grad=optim.clip_grad,
                 bf16=dtype == torch.bfloat16, params_dtype=dtype,
                 use_distributed_optimizer=optim.distributed_optimizer,
             ),
             self.chunks,
         )
+        self.scheduler = optim.scheduler(self.optimizer, total_steps)
 
     @property
     def vocab_size(self) -> int:
@@ -101,11 +130,7 @@ class Policy:
 
     def logprobs(self, micro_batches: list[MicroBatch], temperature: float = 1.0, with_entropy: bool = False) -> list[dict]:
         """Forward only; on the last pipeline stage, per micro-batch ``{"logprobs": [b, s]}``."""
-        for chunk in self.chunks:
-            chunk.eval()
-        with torch.no_grad():
-            return forward_backward(self.chunks, micro_batches, None, self.dp_size, self.vocab_size,
-                                    temperature, with_entropy, forward_only=True)
+        return forward_logprobs(self.chunks, micro_batches, self.dp_size, self.vocab_size, temperature, with_entropy)
 
     def compute_gradients(self, micro_batches: list[MicroBatch], loss_fn: LossFn, temperature: float = 1.0,
                           with_entropy: bool = False) -> dict:
@@ -136,6 +161,8 @@ class Policy:
             raise NonFiniteLossError("gradients are NaN/inf: the optimizer step was skipped")
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.scheduler.step(1)
         return metrics
 
 

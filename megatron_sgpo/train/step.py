@@ -110,3 +110,13 @@ def forward_backward(
         micro_batch_size=micro_batches[0].tokens.shape[0],
         forward_only=forward_only or loss_fn is None,
     )
+
+
+def forward_logprobs(chunks: list, micro_batches: list[MicroBatch], dp_size: int, vocab_size: int,
+                     temperature: float = 1.0, with_entropy: bool = False) -> list[dict]:
+    """Forward only, in eval mode: on the last pipeline stage, per micro-batch ``{"logprobs": [b, s]}``."""
+    for chunk in chunks:
+        chunk.eval()
+    with torch.no_grad():
+        return forward_backward(chunks, micro_batches, None, dp_size, vocab_size, temperature, with_entropy,
+                                forward_only=True)

@@ -10,10 +10,11 @@ from megatron_sgpo.algo.loss import LossConfig, kl_penalty, policy_loss
 D = torch.float64  # explicit, so no global default dtype leaks into other tests
 
 
-def reference_loss(logp, old, adv, mask, norm, cfg, ref=None, ent=None, w=None):
+def reference_loss(logp, old, adv, mask, norm, cfg, ref=None, ent=None, w=None, tw=None):
     """Naive per-token loops over Python floats."""
     logp, old, mask = logp.tolist(), old.tolist(), mask.tolist()
     ref = ref.tolist() if ref is not None else None
+    tw = tw.tolist() if tw is not None else None
     ent = ent.tolist() if ent is not None else None
     lo, hi = 1 - cfg.eps_low, 1 + cfg.eps_high
     clip = lambda x: min(max(x, lo), hi)
@@ -36,7 +37,9 @@ def reference_loss(logp, old, adv, mask, norm, cfg, ref=None, ent=None, w=None):
                 loss = -min(s * a, clip(s) * a)
             else:
                 loss = -clip(r) * a * logp[b][t]
-            if ref is not None:
+            if tw is not None:
+                loss *= tw[b][t]
+            if ref is not None and cfg.kl_in == "loss":
                 d = ref[b][t] - logp[b][t]
                 kl = -d if cfg.kl_type == "k1" else math.exp(d) - d - 1
                 loss += cfg.kl_coef * kl
@@ -63,6 +66,11 @@ def batch(seed=0, b=4, t=6):
     return logp, old, ref, ent, mask, adv, w
 
 
+def token_weights(b=4, t=6):
+    """Mismatch-correction weights in [0, 2) for the policy-gradient term."""
+    return torch.rand(b, t, generator=torch.Generator().manual_seed(11), dtype=D) * 2
+
+
 CASES = [
     LossConfig(kind="ppo", eps_low=0.2, eps_high=0.28),
     LossConfig(kind="ppo", eps_low=0.1, eps_high=0.1, dual_clip=1.2),
@@ -76,9 +84,10 @@ def test_matches_loop_reference(cfg, agg, extras):
     cfg = LossConfig(**{**cfg.__dict__, "agg": agg, "kl_coef": 0.1 if extras else 0.0, "entropy_coef": 0.01 if extras else 0.0})
     logp, old, ref, ent, mask, adv, w = batch()
     norm = 17.0
-    kw = dict(ref_logp=ref, entropy=ent, sample_weights=w) if extras else {}
+    tw = token_weights()
+    kw = dict(ref_logp=ref, entropy=ent, sample_weights=w, token_weights=tw) if extras else {}
     loss, metrics = policy_loss(logp, old, adv, mask, norm, cfg, **kw)
-    expect = reference_loss(logp, old, adv, mask, norm, cfg, ref if extras else None, ent if extras else None, w if extras else None)
+    expect = reference_loss(logp, old, adv, mask, norm, cfg, *((ref, ent, w, tw) if extras else ()))
     assert loss.item() == pytest.approx(expect, rel=1e-10, abs=1e-12)
     assert metrics["tokens"].item() == 14 and metrics["seqs"].item() == 4
 
@@ -91,6 +100,23 @@ def test_k1_kl_reference():
     assert m["kl_sum"].item() == pytest.approx(((logp - ref) * mask).sum().item())
     k3 = kl_penalty(torch.tensor([0.0, -1.0], dtype=D), torch.tensor([0.0, -2.0], dtype=D), "k3")
     assert k3.tolist() == pytest.approx([0.0, math.exp(-1) + 1 - 1])
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor([-1.0, -0.5, -3.0], dtype=D), torch.tensor([-2.0, -0.5, 12.0], dtype=D)
+    assert kl_penalty(logp, ref, "k2").tolist() == pytest.approx([0.5, 0.0, 0.5 * 15.0**2])
+    k3 = [math.exp(-1.0) + 1.0 - 1.0, 0.0, math.exp(15.0) - 15.0 - 1.0]
+    assert kl_penalty(logp, ref, "k3").tolist() == pytest.approx(k3)
+    assert kl_penalty(logp, ref, "low_var_kl").tolist() == pytest.approx([k3[0], 0.0, 10.0])  # clamped at 10
+
+
+def test_kl_in_the_reward_is_reported_but_not_in_the_loss():
+    logp, old, ref, _, mask, adv, _ = batch(seed=5)
+    in_reward = LossConfig(kl_coef=0.5, kl_in="reward")
+    loss, m = policy_loss(logp, old, adv, mask, 5.0, in_reward, ref_logp=ref)
+    plain, _ = policy_loss(logp, old, adv, mask, 5.0, LossConfig())
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-12)
+    assert m["kl_sum"].item() == pytest.approx((kl_penalty(logp, ref, "k3") * mask).sum().item())
 
 
 def grad_of(kind, ratio, adv, **kw):
@@ -163,7 +189,7 @@ def test_clip_metrics_count_tokens():
 
 def test_errors():
     logp, old, ref, ent, mask, adv, w = batch()
-    with pytest.raises(ValueError, match="kl_coef > 0 needs ref_logp"):
+    with pytest.raises(ValueError, match="kl_coef > 0 with kl_in='loss' needs ref_logp"):
         policy_loss(logp, old, adv, mask, 1.0, LossConfig(kl_coef=0.1))
     with pytest.raises(ValueError, match="entropy_coef != 0 needs the entropy tensor"):
         policy_loss(logp, old, adv, mask, 1.0, LossConfig(entropy_coef=0.1))
