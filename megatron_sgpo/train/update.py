@@ -112,11 +112,27 @@ def kl_penalised_advantages(plans: list, samples: StepSamples, loss: LossConfig)
     return group_advantages(np.asarray(samples.rewards) - loss.kl_coef * seq_kl.numpy(), samples.group_ids)
 
 
+def global_sums(local: dict) -> dict:
+    """Metric sums over the whole step, on every rank. Only the last pipeline stage computes the loss and its
+    TP ranks compute the same sums, so each DP rank's share is counted once, from its (last stage, TP rank 0)."""
+    from megatron.core import parallel_state
+
+    owner = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local if owner else {})
+    total: dict[str, float] = {}
+    for sums in everyone:
+        for key, value in sums.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
 def update(policy, samples: StepSamples, loss: LossConfig, layout: ParallelLayout, dp_rank: int,
            max_tokens: int, cost: CostModel, temperature: float = 1.0, mini_batches: int = 1, epochs: int = 1,
            rng: np.random.Generator | None = None, reference=None, mismatch: MismatchConfig = MismatchConfig()) -> dict:
     """Old (and reference) log-probs for every mini-batch, then ``epochs`` passes of one optimizer step per
-    mini-batch over this rank's share. Returns the summed metrics, the mean gradient norm and the step counts."""
+    mini-batch over this rank's share. Returns the step's metric sums over all ranks, the mean gradient norm and
+    learning rate, and the step counts."""
     plans = []
     for index in mini_batch_indices(len(samples.sequences), mini_batches, rng or np.random.default_rng(0)):
         mbs = rank_micro_batches(samples.subset(index), layout, dp_rank, max_tokens, cost)
@@ -140,6 +156,7 @@ def update(policy, samples: StepSamples, loss: LossConfig, layout: ParallelLayou
                 values.append(metrics.pop(key))
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
+    totals = global_sums(totals)
     totals.update({key: float(np.mean(values)) for key, values in per_step.items()})
     totals["optimizer_steps"] = len(per_step["lr"])
     totals["micro_batches"] = sum(len(mbs) for mbs, _ in plans)
