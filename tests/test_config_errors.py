@@ -38,11 +38,11 @@ def test_explicit_dp_must_match_the_world_size():
         ParallelLayout(tp=2, dp=2).with_world(8)
 
 
-def test_vocab_padding_multiple_of_divisor_times_tp():
-    assert padded_vocab_size(1000, 128, 1) == 1024
-    assert padded_vocab_size(1000, 128, 2) == 1024
-    assert padded_vocab_size(1000, 128, 3) == 1152
-    assert padded_vocab_size(1024, 128, 4) == 1024
+def test_vocab_padding_is_the_same_at_every_tp():
+    assert {padded_vocab_size(1000, 128, tp) for tp in (1, 2, 4, 8)} == {1024}
+    assert padded_vocab_size(1025, 128, 1) == 2048 and padded_vocab_size(1000, 16, 1) == 1024
+    with pytest.raises(ValueError, match=r"tp=3 does not divide the padded vocabulary of 1024 rows"):
+        validate_layout(dict(CFG, num_attention_heads=6, num_key_value_heads=3), ParallelLayout(tp=3), 3)
 
 
 def test_fp8_without_transformer_engine_is_refused():

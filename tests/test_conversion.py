@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from megatron_sgpo.model.convert import portable_vocab_size, vocab_divisor
+from megatron_sgpo.model.hf_config import padded_vocab_size
 from megatron_sgpo.model.hf_io import HFCheckpoint, ShardedWriter
 from tests.conftest import FAMILIES
 from tests.distributed import load, torchrun
@@ -101,13 +101,12 @@ def _reference_logits(hf_dir, tokens):
 
 
 def test_portable_vocab_padding_fits_every_tp():
-    assert portable_vocab_size(100) == 1024
-    assert portable_vocab_size(49152) == 49152
-    assert portable_vocab_size(128256) == 129024  # what megatron pads to at TP=8
-    for tp in (1, 2, 4, 8):
-        assert vocab_divisor(1024, tp) * tp == 1024
-    with pytest.raises(ValueError, match="tp=3"):
-        vocab_divisor(1024, 3)
+    assert padded_vocab_size(100) == 1024
+    assert padded_vocab_size(49152, tp=3) == 49152  # SmolLM2 at TP=3
+    assert padded_vocab_size(128256, 128, 8) == 129024  # what megatron pads to at TP=8
+    assert {padded_vocab_size(100, 128, tp) for tp in (1, 2, 4, 8)} == {1024}
+    with pytest.raises(ValueError, match="tp=3 does not divide the padded vocabulary of 1024 rows"):
+        padded_vocab_size(100, 128, 3)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -16,7 +16,7 @@ RUN_CONFIGS = sorted(glob.glob(os.path.join(EXAMPLES, "single_node", "*.yaml"))
 LLAMA_70B = os.path.join(EXAMPLES, "configs", "llama-3.3-70b-config.json")
 # The dimensions of Qwen2.5-7B-Instruct's config.json that decide a layout (the weights are not in the repo).
 QWEN25_7B = {"architectures": ["Qwen2ForCausalLM"], "num_attention_heads": 28, "num_key_value_heads": 4,
-             "num_hidden_layers": 28, "hidden_size": 3584}
+             "num_hidden_layers": 28, "hidden_size": 3584, "vocab_size": 152064}
 
 
 def test_there_are_recipes_for_one_node_and_many():

@@ -1,10 +1,10 @@
 """HF ⇄ megatron-core distributed checkpoint conversion, streamed tensor by tensor.
 
 Why a megatron dist checkpoint: megatron reshards it on load, so one conversion serves every TP/PP.
-The one layout-dependent shape is the padded vocabulary (megatron pads to ``divisible_by × TP``);
-here the vocab tensors are always padded to ``divisible_by × 8`` (:func:`portable_vocab_size`), a
-multiple of every TP up to 8, and the size is recorded in ``sgpo_conversion.json``. A model built with
-another padding still loads: :func:`load_megatron_checkpoint` re-pads the vocab rows (docs/conversion.md).
+The vocabulary is padded the project's TP-independent way (:func:`megatron_sgpo.model.hf_config.padded_vocab_size`,
+a multiple of ``divisible_by × 8``), so the vocab tensors have one shape at every TP; the size is recorded in
+``sgpo_conversion.json``. A model built with another ``divisible_by`` still loads: :func:`load_megatron_checkpoint`
+re-pads the vocab rows (docs/conversion.md).
 
 The functions expect :func:`megatron_sgpo.platform.dist.init_parallel` to have run with the same
 ``ParallelLayout``; every rank calls them. Output goes to a temp folder that rank 0 renames at the end.
@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_sgpo.model.build import ModelOptions, build_model
-from megatron_sgpo.model.hf_config import family_of, load_hf_config, validate_layout
+from megatron_sgpo.model.hf_config import (MAX_PORTABLE_TP, family_of, load_hf_config, padded_vocab_size,
+                                           validate_layout)
 from megatron_sgpo.model.hf_io import SIDE_FILES, HFCheckpoint, ShardedWriter, copy_side_files
 from megatron_sgpo.model.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
@@ -31,7 +32,6 @@ from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 
 META = "sgpo_conversion.json"
-MAX_PORTABLE_TP = 8
 VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")
 _DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp32"}  # fp16 is held as fp32 (lossless)
 
@@ -53,19 +53,6 @@ class Summary:
     def line(self) -> str:
         return (f"{self.direction}: wrote {self.tensors} tensors, {self.bytes / 1e9:.3f} GB in {self.seconds:.1f} s "
                 f"({self.gbps:.3f} GB/s) to {self.out_dir}")
-
-
-def portable_vocab_size(vocab_size: int, divisible_by: int = 128) -> int:
-    """Vocab rows in a converted checkpoint: a multiple of ``divisible_by × 8``, the same for every TP ≤ 8."""
-    multiple = divisible_by * MAX_PORTABLE_TP
-    return -(-vocab_size // multiple) * multiple
-
-
-def vocab_divisor(padded_vocab: int, tp: int) -> int:
-    """``make_vocab_size_divisible_by`` that makes megatron pad to exactly ``padded_vocab`` at this TP."""
-    if padded_vocab % tp:
-        raise ValueError(f"checkpoint vocab of {padded_vocab} rows cannot be split over tp={tp}")
-    return padded_vocab // tp
 
 
 def read_metadata(ckpt_dir: str) -> dict:
@@ -163,9 +150,9 @@ def hf_to_megatron(hf_dir: str, out_dir: str, layout: ParallelLayout = ParallelL
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
-    padded = portable_vocab_size(cfg["vocab_size"], divisible_by)
+    padded = padded_vocab_size(cfg["vocab_size"], divisible_by, layout.tp)
     hf_dtype = _hf_dtype(cfg)
-    options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(padded, layout.tp), init_weights=False,
+    options = ModelOptions(make_vocab_size_divisible_by=divisible_by, init_weights=False,
                            dtype=_DTYPES.get(hf_dtype, "fp32"))
     out = _OutputDir(out_dir, overwrite)
     try:
@@ -236,7 +223,7 @@ def _full_read(st, padded: int):
 def load_megatron_checkpoint(chunks, ckpt_dir: str) -> dict:
     """Load a converted checkpoint into this rank's model chunks (any TP/PP); return its metadata.
 
-    Models built with ``vocab_divisor(meta['padded_vocab_size'], tp)`` read only their own vocab rows;
+    Models built with the checkpoint's ``make_vocab_size_divisible_by`` read only their own vocab rows;
     any other padding reads the whole vocab tensors once and re-pads them (more memory, same result).
     """
     from megatron.core import dist_checkpointing
@@ -291,7 +278,7 @@ def megatron_to_hf(ckpt_dir: str, out_dir: str, layout: ParallelLayout = Paralle
     cfg = load_hf_config(ckpt_dir)
     validate_layout(cfg, layout)
     _check_layout(layout)
-    divisor = vocab_divisor(meta["padded_vocab_size"], layout.tp)
+    divisor = meta["make_vocab_size_divisible_by"]
     options = ModelOptions(make_vocab_size_divisible_by=divisor, dtype=meta["dtype"], init_weights=False)
     hf_dtype = getattr(torch, meta.get("hf_dtype", "float32"))
     out = _OutputDir(out_dir, overwrite)

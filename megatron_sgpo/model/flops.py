@@ -113,7 +113,7 @@ class ModelShape:
         return self.layers * self.layer_params + self.hidden + self.hidden * self.vocab
 
     def padded_vocab(self, tp: int = 1, divisible_by: int = 128) -> int:
-        """Megatron pads the vocabulary to a multiple of ``divisible_by × tp``."""
+        """Rows of the built model's embedding and output layer (the TP-independent padding of model.hf_config)."""
         return padded_vocab_size(self.vocab, divisible_by, tp)
 
     def embedding_params(self, tp: int | None = None) -> int:

@@ -58,13 +58,26 @@ def num_kv_heads(cfg: dict) -> int:
     return cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
 
 
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Megatron pads the vocabulary to a multiple of ``divisible_by × tp``."""
-    multiple = divisible_by * tp
-    return int(math.ceil(vocab_size / multiple) * multiple)
+MAX_PORTABLE_TP = 8
 
 
-def validate_layout(cfg: dict, layout: ParallelLayout, world_size: int | None = None) -> None:
+def padded_vocab_size(vocab_size: int, divisible_by: int = 128, tp: int = 1) -> int:
+    """Rows of the embedding and output layer: a multiple of ``divisible_by × 8``, the same at every TP that divides
+    it (1, 2, 4, 8, and 3 or 6 when it happens to divide), so checkpoints reshard across TP unchanged.
+
+    Megatron-LM pads to ``divisible_by × TP``, which ties a checkpoint to its TP; the extra rows here are masked out
+    of every softmax (train/logprob.py) and sliced off in HF exports, so they change no result.
+    """
+    multiple = divisible_by * MAX_PORTABLE_TP
+    padded = int(math.ceil(vocab_size / multiple) * multiple)
+    if padded % tp:
+        raise ValueError(f"tensor parallel size tp={tp} does not divide the padded vocabulary of {padded} rows "
+                         f"(vocab_size={vocab_size}, padded to a multiple of {multiple})")
+    return padded
+
+
+def validate_layout(cfg: dict, layout: ParallelLayout, world_size: int | None = None,
+                    divisible_by: int = 128) -> None:
     """Fail before any compute when the model cannot be split this way; name the numbers."""
     family_of(cfg)
     heads, kv, layers = cfg["num_attention_heads"], num_kv_heads(cfg), cfg["num_hidden_layers"]
@@ -76,6 +89,7 @@ def validate_layout(cfg: dict, layout: ParallelLayout, world_size: int | None = 
         raise ValueError(
             f"num_hidden_layers={layers} is not divisible by pp*vpp={layout.pp}*{layout.vpp or 1}={layout.stages}"
         )
+    padded_vocab_size(cfg["vocab_size"], divisible_by, layout.tp)
     if world_size is not None:
         layout.data_parallel_size(world_size)
 

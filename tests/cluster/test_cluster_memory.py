@@ -56,7 +56,7 @@ def test_weights_grads_and_adam_bytes_with_distributed_optimizer():
     lay = ParallelLayout(tp=2, pp=2, dp=4, sequence_parallel=True)
     first = stage_memory(SMALL, TrainSetup(lay, distributed_optimizer=True), 512, 8, 0.0, "first")
     layer = 1024 * 64 * (32 + 8) + 3 * 1024 * 4096 + 2 * 1024
-    params = (4 * layer + 32000 * 1024) / 2  # 4 layers + embedding (32000 = 125*256, no padding)
+    params = (4 * layer + 32768 * 1024) / 2  # 4 layers + embedding (32000 rows padded to 32 x 1024)
     assert first.params == params
     assert first.weights == 2 * params and first.grads == 4 * params
     assert first.optimizer == pytest.approx(12 * params / 4)
@@ -69,7 +69,7 @@ def test_last_stage_holds_output_layer_and_logits_first_holds_in_flight_activati
     first = stage_memory(SMALL, setup, 512, 8, 0.0, "first")
     last = stage_memory(SMALL, setup, 512, 8, 0.0, "last")
     assert last.params - first.params == 1024 / 2  # final norm; embedding and output same size
-    assert first.logits == 0 and last.logits == 2 * 4 * 512 * 32000 / 2
+    assert first.logits == 0 and last.logits == 2 * 4 * 512 * 32768 / 2
     assert first.activations == pytest.approx(4 * last.activations)  # 4 in flight vs 1
     assert train_memory(SMALL, setup, 512, 8, 0.0).total == max(first.total, last.total)
 

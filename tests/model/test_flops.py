@@ -84,11 +84,11 @@ def test_tied_embeddings_drop_the_output_matrix():
     assert TINY.total_params() - tied.total_params() == 6400
 
 
-def test_megatron_vocab_padding():
-    assert TINY.padded_vocab(1) == 128
+def test_vocab_padding_of_the_built_model():
+    assert TINY.padded_vocab(1) == TINY.padded_vocab(2) == 1024  # a multiple of 128 x 8, the same at every TP
     llama_vocab = ModelShape(hidden=8, layers=1, heads=1, kv_heads=1, ffn=8, vocab=128256)
-    assert llama_vocab.padded_vocab(4) == 128512  # 128256 is not a multiple of 512
-    assert TINY.total_params(tp=1) - TINY.total_params() == 2 * 28 * 64
+    assert llama_vocab.padded_vocab(4) == 129024
+    assert TINY.total_params(tp=1) - TINY.total_params() == 2 * (1024 - 100) * 64
 
 
 def test_llama_70b_params():

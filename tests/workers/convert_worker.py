@@ -22,7 +22,6 @@ from megatron_sgpo.model.convert import (
     load_megatron_checkpoint,
     megatron_to_hf,
     read_metadata,
-    vocab_divisor,
 )
 from megatron_sgpo.model.hf_config import load_hf_config
 from megatron_sgpo.platform.dist import init_parallel
@@ -33,9 +32,9 @@ def logits_job(layout, mg_dir, name, pad, tokens, out):
     from megatron.core import parallel_state
 
     cfg = load_hf_config(mg_dir)
-    options = ModelOptions()
-    if pad == "portable":
-        options = ModelOptions(make_vocab_size_divisible_by=vocab_divisor(read_metadata(mg_dir)["padded_vocab_size"], layout.tp))
+    # "portable": the checkpoint's own padding; otherwise another divisor, so its vocab rows must be re-padded
+    divisor = read_metadata(mg_dir)["make_vocab_size_divisible_by"] if pad == "portable" else 64
+    options = ModelOptions(make_vocab_size_divisible_by=divisor)
     chunks = build_model(cfg, layout, options)
     load_megatron_checkpoint(chunks, mg_dir)
     res = forward_logits(chunks, tokens)
