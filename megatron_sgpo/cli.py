@@ -1,4 +1,4 @@
-"""``sgpo`` command line: train, profile, serve, plan.
+"""``sgpo`` command line: train, profile, serve, plan, export.
 
 ``sgpo train --config FILE key.sub=value ...`` runs the RL loop (under torchrun for several ranks,
 or as one process). ``sgpo quickstart`` is ``sgpo train`` with the settings of
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_sgpo.rollout.server import serve_main
 
         return serve_main(argv[1:])
+    if argv and argv[0] == "export":
+        from megatron_sgpo.loop.export import export_main
+
+        return export_main(argv[1:])
     if argv and argv[0] == "plan":
         from megatron_sgpo.cluster.cli import plan_main
 
@@ -56,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10 run.mode=grpo")
     sub.add_parser("serve", help="serve an HF checkpoint with SGLang's HTTP protocol (sgpo serve --help)")
     sub.add_parser("plan", help="rank cluster layouts for a model (sgpo plan --help)")
+    sub.add_parser("export", help="write a run's trained policy as an HF folder (sgpo export --help)")
     args = parser.parse_args(argv)
     from megatron_sgpo.config import ConfigError
     from megatron_sgpo.loop.build import InputError
+    from megatron_sgpo.loop.checkpoint import CheckpointError
     from megatron_sgpo.platform.dist import RankZeroError
 
     try:
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # one clear line naming the key; nothing has run
         print(f"sgpo {args.command}: config error: {exc}", file=sys.stderr)
         return 2
-    except InputError as exc:  # a dataset or checkpoint that cannot be used; nothing has run
+    except (InputError, CheckpointError) as exc:  # a dataset or checkpoint that cannot be used; nothing has run
         print(f"sgpo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RankZeroError as exc:  # a rollout, profiling or evaluation failure, seen by every rank

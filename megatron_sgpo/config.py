@@ -43,6 +43,9 @@ class RunSection:
 @dataclass(frozen=True)
 class ModelSection:
     hf_path: str = ""  # empty: the task's bundled policy
+    # start the policy from these megatron weights (tools/convert_hf_to_megatron.py output, or a run checkpoint's
+    # dist/ folder); hf_path still gives the config, the tokenizer and the engine's first weights
+    megatron_path: str = ""
     parallel: ParallelLayout = field(default_factory=ParallelLayout)
     options: ModelOptions = field(default_factory=ModelOptions)
 
@@ -70,15 +73,28 @@ class ProfileSection:
     k: int = 8  # samples per prompt in the profiling pass
     path: str = ""  # reuse a saved profile; default <output_dir>/profile.json
     chunk_prompts: int = 32  # prompts per resumable chunk
+    # sequential profiling (algo/sequential_profile.py): rounds of round_size samples, up to k, until the
+    # posterior's credible interval at `confidence` lies below unsolvable_below, above solved_above, or between
+    sequential: bool = False
+    round_size: int = 2
+    confidence: float = 0.8
+    unsolvable_below: float = 0.3
+    solved_above: float = 0.7
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"profile.k must be >= 1, got {self.k}")
+        self.rule()  # validates the sequential knobs
+
+    def rule(self):
+        from megatron_sgpo.algo.sequential_profile import SequentialRule
+
+        return SequentialRule(self.round_size, self.confidence, self.unsolvable_below, self.solved_above)
 
 
 @dataclass(frozen=True)
 class RolloutSection:
-    engine: str = "local"  # a rollout.engine.ENGINES name (local | sglang | serve) or package.module:factory
+    engine: str = "local"  # a rollout.engine.ENGINES name (local | sglang | serve | vllm) or package.module:factory
     url: str = ""
     temperature: float = 1.0
     top_p: float = 1.0
@@ -89,6 +105,8 @@ class RolloutSection:
     tp_size: int = 1  # the SGLang server's --tp-size (weights are sent once per engine TP rank)
     weight_sync: Literal["tensor", "distributed"] = "tensor"
     release_memory: bool = True  # free the engine's GPU memory while the trainer runs (colocated)
+    # per-step sampling seeds (reproducible rollouts); false for an engine that cannot honour them (SGLang on a CPU)
+    seeded: bool = True
 
     def __post_init__(self):
         check_choices(self)
@@ -100,7 +118,8 @@ class RolloutSection:
         from megatron_sgpo.rollout.engine import SamplingParams
 
         return SamplingParams(temperature=self.temperature if temperature is None else temperature, top_p=self.top_p,
-                              top_k=self.top_k, max_new_tokens=self.max_new_tokens, stop=tuple(self.stop), seed=seed)
+                              top_k=self.top_k, max_new_tokens=self.max_new_tokens, stop=tuple(self.stop),
+                              seed=seed if self.seeded else None)
 
 
 @dataclass(frozen=True)
@@ -113,10 +132,14 @@ class TrainSection:
     max_tokens_per_micro_batch: int = 2048
     eval_every: int = 5
     checkpoint_every: int = 5
+    keep_checkpoints: int = 2  # the newest checkpoints kept on disk
+    export_hf: bool = False  # write the trained policy as an HF folder (<output_dir>/hf) at the end
 
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"train.steps must be >= 0, got {self.steps}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         for name in ("prompts_per_step", "epochs", "mini_batches", "ppo_epochs", "max_tokens_per_micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -187,10 +210,14 @@ def _check_run(cfg: RunConfig) -> None:
         _refuse("model.parallel.cp", "context parallelism is not implemented: micro-batches are not split over "
                                      "context-parallel ranks (and megatron's local attention on CPU cannot shard a "
                                      "sequence); use cp=1")
-    if cfg.optim.distributed_optimizer and cfg.train.checkpoint_every:
-        _refuse("optim.distributed_optimizer", "the RL loop cannot checkpoint the distributed optimizer yet (its "
-                                               "sharded Adam state is not restored exactly): set "
-                                               "train.checkpoint_every=0, or optim.distributed_optimizer=false")
+    if cfg.selection.refill and not cfg.selection.zero_variance:
+        _refuse("selection.refill", "refill tops the step up with groups that the zero-variance filter keeps; set "
+                                    "selection.zero_variance=true (run.mode=dapo does)")
+    if cfg.plan.allocation == "budgeted" and cfg.run.mode != "sgpo":
+        _refuse("plan.allocation", f"'budgeted' sizes groups from the profile's posteriors, which only run.mode=sgpo "
+                                   f"makes (run.mode={cfg.run.mode})")
+    if cfg.profile.sequential and cfg.run.mode != "sgpo":
+        _refuse("profile.sequential", f"run.mode={cfg.run.mode} does not profile")
     if cfg.online.enabled and cfg.run.mode != "sgpo":
         _refuse("online.enabled", f"posteriors start from the profile, which only run.mode=sgpo makes "
                                   f"(run.mode={cfg.run.mode})")
@@ -202,6 +229,10 @@ def _check_run(cfg: RunConfig) -> None:
         ENGINES.resolve(cfg.rollout.engine)
     except PluginError as exc:
         _refuse("rollout.engine", str(exc))
+    if cfg.rollout.engine == "vllm" and (cfg.rollout.top_k != -1 or cfg.rollout.top_p < 1.0):
+        _refuse("rollout.top_k" if cfg.rollout.top_k != -1 else "rollout.top_p",
+                "vLLM renormalises over the top-k/top-p support its log-probs, which the loss needs untruncated "
+                "(docs/rollout.md); use top_k=-1 and top_p=1 with rollout.engine=vllm")
     if cfg.rollout.engine in ("sglang", "serve") and not cfg.rollout.url:
         _refuse("rollout.url", f"rollout.engine={cfg.rollout.engine} talks to a server at rollout.url, which is empty")
     task_verifier = None
@@ -228,11 +259,15 @@ def check_platform(cfg: RunConfig) -> None:
     from megatron_sgpo.model.build import use_transformer_engine
     from megatron_sgpo.platform import te
 
-    for key in ("model.hf_path", "data.train_file", "data.eval_file"):
+    for key in ("model.hf_path", "model.megatron_path", "data.train_file", "data.eval_file"):
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
         if path and not os.path.exists(path):
             _refuse(key, f"{path} does not exist")
+    megatron_path = cfg.model.megatron_path
+    if megatron_path and not os.path.exists(os.path.join(megatron_path, "sgpo_conversion.json")):
+        _refuse("model.megatron_path", f"{megatron_path} has no sgpo_conversion.json: give the output of "
+                                       "tools/convert_hf_to_megatron.py or a run checkpoint's dist/ folder")
     p = cfg.model.parallel
     if p.sequence_parallel and torch.cuda.is_available() and not use_transformer_engine():
         _refuse("model.parallel.sequence_parallel", "needs Transformer Engine on a CUDA GPU: megatron's local layer "

@@ -1,6 +1,7 @@
-"""Run a worker script under torchrun with N processes on CPU (gloo) and collect its outputs."""
+"""Run a worker script, or the ``sgpo`` CLI, under torchrun with N processes on CPU (gloo); read their outputs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,55 @@ import torch
 from megatron_sgpo.platform.dist import free_port
 
 WORKERS = os.path.join(os.path.dirname(__file__), "workers")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+
+
+def sgpo_command(nproc: int, args: list[str]) -> list[str]:
+    """``sgpo ARGS`` under torchrun with ``nproc`` ranks (run it with :data:`ENV`)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", *args]
+
+
+def sgpo(nproc: int, args: list[str], expect_ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``sgpo ARGS``; with ``expect_ok``, raise with its output unless it succeeds."""
+    proc = subprocess.run(sgpo_command(nproc, args), capture_output=True, text=True, timeout=timeout, env=ENV)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"sgpo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc). torchrun starts each rank in a session of its own, so
+    signalling the launcher's process group would leave the ranks running."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to a launched job: the launcher and every rank (parents first, so none restarts a child)."""
+    for member in process_tree(pid):
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+
+
+def read_steps(out_dir: str) -> list[dict]:
+    """The run's ``steps.jsonl`` rows, in the order written."""
+    with open(os.path.join(out_dir, "steps.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def torchrun(worker: str, nproc: int, args: list[str], timeout: int = 300) -> None:
@@ -19,10 +69,10 @@ def torchrun(worker: str, nproc: int, args: list[str], timeout: int = 300) -> No
         "--master-addr=127.0.0.1", f"--master-port={free_port()}",
         os.path.join(WORKERS, worker), *args,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
 
 
 def load(out_dir: str, name: str):

@@ -9,9 +9,12 @@ from megatron_sgpo.config import ConfigError, check_platform, load_config
     (["loss.kl_coef=0.1", "loss.kl_in=reward", "grsp.coef=0.1"], "loss.kl_in", "grsp.target=reward"),
     (["rollout.weight_sync=distributed"], "rollout.weight_sync", "not wired into the loop"),
     (["model.parallel.cp=2"], "model.parallel.cp", "context parallelism is not implemented"),
-    (["optim.distributed_optimizer=true"], "optim.distributed_optimizer", "cannot checkpoint the distributed"),
     (["online.enabled=true", "run.mode=grpo"], "online.enabled", "only run.mode=sgpo makes"),
-    (["rollout.engine=vllm"], "rollout.engine", "rollout engine 'vllm' cannot be used yet"),
+    (["selection.refill=true"], "selection.refill", "set selection.zero_variance=true"),
+    (["plan.allocation=budgeted", "plan.step_rollout_budget=64", "run.mode=dapo"], "plan.allocation",
+     "only run.mode=sgpo makes"),
+    (["profile.sequential=true", "run.mode=grpo"], "profile.sequential", "run.mode=grpo does not profile"),
+    (["rollout.engine=vllm", "rollout.top_p=0.9"], "rollout.top_p", "renormalises over the top-k/top-p support"),
     (["rollout.engine=sglang"], "rollout.url", "rollout.url, which is empty"),
     (["data.task=jsonl"], "data.train_file", "data.train_file, which is empty"),
     (["data.task=tests_no_such_module:TASK"], "data.task", "cannot import 'tests_no_such_module'"),
@@ -30,6 +33,8 @@ def test_setting_that_cannot_run_is_refused_naming_the_key(overrides, key, why):
     (["optim.lr_warmup_steps=10", "optim.lr_decay_steps=5"], "optim", "lr_warmup_steps=10 must be < lr_decay_steps=5"),
     (["optim.min_lr=1", "optim.lr=0.1"], "optim", r"min_lr must be in \[0, lr=0.1\]"),
     (["train.mini_batches=0"], "train", "train.mini_batches must be >= 1"),
+    (["plan.allocation=budgeted"], "plan", "allocation 'budgeted' needs step_rollout_budget set"),
+    (["profile.unsolvable_below=0.8"], "profile", "need 0 < unsolvable_below < solved_above < 1"),
 ])
 def test_sections_refuse_impossible_values(overrides, section, why):
     with pytest.raises(ConfigError, match=rf"invalid config section {section}: {why}"):

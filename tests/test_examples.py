@@ -72,3 +72,10 @@ def test_multi_node_layout_is_the_planners_feasible_one():
     assert not no_sp.feasible
     script = open(os.path.join(EXAMPLES, "multi_node", "node.sh")).read()
     assert "--tp-size 8" in script  # the engine TP the planner was asked about
+
+
+def test_the_cpu_example_loads_as_its_script_runs_it():
+    """examples/cpu: vLLM without top-k/top-p (else refused at load), one rank, the math verifier."""
+    cfg = load_config(os.path.join(EXAMPLES, "cpu", "smollm2-gsm8k.yaml"), ["run.output_dir=/tmp/r"])
+    assert cfg.rollout.engine == "vllm" and cfg.data.verifier == "math" and cfg.model.parallel.tp == 1
+    assert "smollm2-gsm8k.yaml" in open(os.path.join(EXAMPLES, "cpu", "run_smollm2.sh")).read()

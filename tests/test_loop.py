@@ -12,26 +12,16 @@ import sys
 
 import pytest
 
-from megatron_sgpo.platform.dist import free_port
+from megatron_sgpo.loop import checkpoint
 from megatron_sgpo.tasks.registry import BUNDLED_POLICY
+from tests.distributed import ENV, read_steps, sgpo, sgpo_command, signal_tree
 
 BASE = ["data.size=50", "data.eval_size=10", "profile.k=4", "plan.n_max=8", "train.steps=4",
         "train.prompts_per_step=3", "train.checkpoint_every=2", "train.eval_every=0", "rollout.max_new_tokens=5"]
 
 
 def sgpo_train(out_dir, nproc=2, extra=()):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out_dir}", *BASE,
-           *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    return proc
-
-
-def read_steps(out_dir):
-    with open(os.path.join(out_dir, "steps.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return sgpo(nproc, ["train", f"run.output_dir={out_dir}", *BASE, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +65,7 @@ def test_resume_from_checkpoint_reproduces_losses(run, tmp_path):
     shutil.copy(os.path.join(run, "profile.json"), resumed)
     shutil.copytree(os.path.join(run, "checkpoints", "step_2"), os.path.join(resumed, "checkpoints", "step_2"))
     with open(os.path.join(resumed, "checkpoints", "latest"), "w") as f:
-        json.dump({"step": 2, "path": os.path.join(resumed, "checkpoints", "step_2")}, f)
+        json.dump({"step": 2, "dir": "step_2"}, f)
     sgpo_train(resumed)
     first, again = read_steps(run), read_steps(resumed)
     assert [s["step"] for s in again] == [3, 4]
@@ -93,15 +83,13 @@ def test_sigkill_and_restart_reproduces_the_uninterrupted_run(run, tmp_path):
     import time
 
     out = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out}", *BASE]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(sgpo_command(2, ["train", f"run.output_dir={out}", *BASE]), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
     latest = os.path.join(out, "checkpoints", "latest")
     deadline = time.time() + 600
     while not os.path.exists(latest) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    signal_tree(proc.pid, signal.SIGKILL)
     proc.wait()
     assert os.path.exists(latest), "the run never wrote a checkpoint"
     sgpo_train(out)
@@ -133,9 +121,7 @@ def test_online_posteriors_replan_group_sizes(tmp_path):
                                     "train.steps=8", "data.size=30"])
     with open(os.path.join(out, "profile.json")) as f:
         p_hat = {p["prompt_id"]: p["successes"] / p["samples"] for p in json.load(f)["profiles"]}
-    with open(os.path.join(out, "checkpoints", "latest")) as f:
-        latest = json.load(f)["path"]
-    with open(os.path.join(latest, "state.json")) as f:
+    with open(os.path.join(checkpoint.find(out), "state.json")) as f:
         state = json.load(f)
     post = {pid: (a, b) for pid, a, b in state["posteriors"]["posteriors"]}
     steps = read_steps(out)
@@ -175,7 +161,8 @@ def test_dapo_with_cost_aware_selection_trains_the_drawn_samples(tmp_path):
 def test_grsp_penalty_changes_advantages_only_when_on(tmp_path):
     """GRSP (target=reward) shapes rewards within groups: same rollouts, different losses; off by default."""
     runs = {}
-    for name, extra in {"off": [], "on": ["grsp.coef=0.5", "grsp.target=reward", "grsp.logprob_threshold=-0.5"]}.items():
+    grsp = ["grsp.coef=0.5", "grsp.target=reward", "grsp.logprob_threshold=-0.5"]
+    for name, extra in {"off": [], "on": grsp}.items():
         out = str(tmp_path / name)
         sgpo_train(out, nproc=1, extra=["run.mode=grpo", "plan.fixed_n=4", "train.steps=1", *extra])
         runs[name] = read_steps(out)[0]
@@ -188,12 +175,43 @@ def test_verifier_failing_on_every_item_stops_all_ranks_with_a_clear_error(tmp_p
     data = tmp_path / "plain.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Q: {i}+1=\nA:", "answer": str(i + 1)}) + "\n" for i in range(8)))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", f"run.output_dir={out}",
-           "run.mode=grpo", "plan.fixed_n=2", "data.task=jsonl", f"data.train_file={data}", "data.verifier=gym",
-           f"model.hf_path={BUNDLED_POLICY}", "train.steps=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = sgpo(2, ["train", f"run.output_dir={out}", "run.mode=grpo", "plan.fixed_n=2", "data.task=jsonl",
+                    f"data.train_file={data}", "data.verifier=gym", f"model.hf_path={BUNDLED_POLICY}", "train.steps=1"],
+                expect_ok=False, timeout=300)
     assert proc.returncode != 0
     assert "rollout of step 1 failed: VerifierFailure" in proc.stderr
     assert (out / "config.yaml").exists()  # the run's outputs were not removed
+
+
+def test_dapo_refill_trains_a_full_step_of_informative_groups_and_books_every_rollout(tmp_path):
+    """DAPO dynamic sampling: extra prompts are generated until each step holds prompts_per_step groups with
+    unequal rewards; every generated group is logged (and booked), and the trained samples are exactly those
+    groups' rollouts."""
+    out = str(tmp_path / "refill")
+    sgpo_train(out, nproc=1, extra=["run.mode=dapo", "selection.refill=true", "plan.fixed_n=4",
+                                    "train.checkpoint_every=0"])
+    steps = read_steps(out)
+    assert len(steps) == 4 and any(s["refill/rounds"] > 0 for s in steps), "no step needed a refill"
+    for s in steps:
+        assert s["refill/generated_groups"] == len(s["prompts"]) == len(set(s["prompts"])) >= 3
+        assert s["samples"] == sum(s["group_sizes"]) == 4 * len(s["prompts"])
+        assert s["trained_samples"] == 4 * (3 - s["refill/short"])
+    with open(os.path.join(out, "summary.json")) as f:
+        rollout = json.load(f)["compute"]["rollout"]
+    assert rollout["tokens"] == sum(s["rollout/tokens"] for s in steps)  # the ledger booked every generated group
+    assert all(s["rollout/tokens"] > s["samples"] * 5 for s in steps)  # prompt + response tokens of each sample
+
+
+def test_sequential_profiling_and_budgeted_allocation_run_end_to_end(tmp_path):
+    """profile.sequential stops clear prompts before k; plan.allocation=budgeted keeps every step within its
+    rollout budget, with online posteriors re-sizing prompts as they are seen again."""
+    out = str(tmp_path / "seq")
+    sgpo_train(out, nproc=1, extra=["profile.k=8", "profile.sequential=true", "plan.allocation=budgeted",
+                                    "plan.step_rollout_budget=12", "online.enabled=true", "train.epochs=2",
+                                    "train.steps=6", "data.size=12", "train.checkpoint_every=0"])
+    with open(os.path.join(out, "profile.json")) as f:
+        samples = [p["samples"] for p in json.load(f)["profiles"]]
+    assert max(samples) <= 8 and min(samples) < 8, samples
+    steps = read_steps(out)
+    assert len(steps) >= 4 and all(sum(s["group_sizes"]) <= 12 for s in steps)
+    assert any(sum(s["group_sizes"]) == 12 for s in steps)

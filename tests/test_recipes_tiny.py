@@ -24,7 +24,7 @@ RECIPES = {  # tiny copy -> (recipe, model family, ranks)
 SWAPPABLE = {"run.output_dir", "model.hf_path", "model.parallel.tp", "model.parallel.pp",
              "model.options.max_sequence_length", "data.size", "data.eval_size", "profile.chunk_prompts",
              "plan.n_max", "plan.step_rollout_budget", "rollout.engine", "rollout.url", "rollout.max_new_tokens",
-             "rollout.bucket_mb", "rollout.tp_size", "train.steps", "train.prompts_per_step"}
+             "rollout.bucket_mb", "rollout.tp_size", "train.steps", "train.prompts_per_step", "train.checkpoint_every"}
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -69,3 +69,7 @@ def test_tiny_copy_runs_three_steps_under_torchrun(tiny, tmp_path):
     trained = [s for s in steps if "train/optimizer_steps" in s]
     assert trained and all(s["train/optimizer_steps"] == 4 for s in trained)  # the recipes' 4 PPO mini-batches
     assert all("train/mismatch_abs_sum" in s and s["train/lr"] >= 0 for s in trained)
+    with open(out / "checkpoints" / "latest") as f:
+        assert json.load(f)["dir"] == "step_2"  # the copies checkpoint at step 2 (distributed optimizer included)
+    recipe = load(RECIPES[tiny][0])
+    assert (out / "hf" / "model.safetensors").exists() == recipe.get("train.export_hf", False)

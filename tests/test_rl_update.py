@@ -12,11 +12,15 @@ from tests.distributed import torchrun
 def results(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl_update")
     runs = {}
-    for key, nproc, scenario, kind in [("kl", 1, "kl", "ppo"), ("lr", 1, "lr", "ppo"), ("mismatch", 1, "mismatch", "ppo"),
+    for key, nproc, scenario, kind in [("kl", 1, "kl", "ppo"), ("lr", 1, "lr", "ppo"),
+                                       ("mismatch", 1, "mismatch", "ppo"),
                                        ("ppo", 1, "minibatch", "ppo"), ("ppo_dp2", 2, "minibatch", "ppo"),
+                                       ("ppo_tp2", 2, "minibatch", "ppo"),
                                        ("gspo", 1, "minibatch", "gspo"), ("cispo", 1, "minibatch", "cispo")]:
         path = str(out / f"{key}.pt")
-        torchrun("rl_update_worker.py", nproc, ["--hf", tiny_models["qwen2"], "--out", path, "--kind", kind, scenario])
+        tp = ["--tp", "2"] if key.endswith("tp2") else []
+        torchrun("rl_update_worker.py", nproc, ["--hf", tiny_models["qwen2"], "--out", path, "--kind", kind, scenario,
+                                                *tp])
         runs[key] = torch.load(path, weights_only=False)
     return runs
 
@@ -43,6 +47,14 @@ def test_mini_batches_keep_dp2_equal_to_dp1(results):
     # near-zero gradient entries into at most ~1e-3 of one step)
     assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-6)
     assert max_diff(one["weights"], two["weights"]) <= 5e-5
+
+
+def test_tp2_grad_norm_and_clipping_equal_tp1_without_random_init(results):
+    # megatron counts a TP-sharded weight's grad in the norm once per rank only if it carries its TP tags, which it
+    # sets in the init routines the trainer's no-random-init build must still run (without them: 3.70 vs 4.16)
+    one, two = results["ppo"]["metrics"], results["ppo_tp2"]["metrics"]
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    assert two["clipped_tokens"] == one["clipped_tokens"]
 
 
 def test_kl_starts_at_zero_grows_and_never_moves_the_reference(results):

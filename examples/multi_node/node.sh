@@ -17,7 +17,7 @@ if [ "$NODE_RANK" = 0 ]; then
     # TP8 engine over the head node's GPUs, colocated with training ranks 0-7. A static share of 0.3
     # (17.6 GiB of weights + ~6 GiB KV per GPU) leaves ~55 GiB for TP4/PP4 training with full recompute.
     python -m sglang.launch_server --model-path "$MODEL" --tp-size 8 --mem-fraction-static 0.3 \
-        --enable-memory-saver --weight-version 0 --host 127.0.0.1 --port "$PORT" \
+        --enable-memory-saver --enable-deterministic-inference --weight-version 0 --host 127.0.0.1 --port "$PORT" \
         > "$OUT/sglang.log" 2>&1 &
     SGLANG_PID=$!
     trap 'kill "$SGLANG_PID" 2>/dev/null || true; rm -f "$READY"' EXIT

@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 #    --weight-version 0 matches the step-0 policy; every sync after an optimizer step advances it.
 CUDA_VISIBLE_DEVICES=0 python -m sglang.launch_server \
     --model-path "$MODEL" --tp-size 1 --mem-fraction-static "$MEM_FRACTION" \
-    --enable-memory-saver --weight-version 0 --host 127.0.0.1 --port "$PORT" \
+    --enable-memory-saver --enable-deterministic-inference --weight-version 0 --host 127.0.0.1 --port "$PORT" \
     > "$OUT/sglang.log" 2>&1 &
 SGLANG_PID=$!
 trap 'kill "$SGLANG_PID" 2>/dev/null || true' EXIT

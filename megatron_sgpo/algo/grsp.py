@@ -85,8 +85,8 @@ def cluster_lengths(lengths: Sequence[float], k: int, method: str = "kmeans") ->
     """Deterministic 1-D clustering; labels 0..k'-1 ordered from shortest to longest cluster.
 
     k-means starts from k evenly spread distinct values (so ties cannot merge
-    the initial centroids) and runs Lloyd steps to a fixed point; ``quantile`` uses equal-mass bins. Fewer distinct lengths than k
-    give fewer clusters.
+    the initial centroids) and runs Lloyd steps to a fixed point; ``quantile`` uses equal-mass bins. Fewer
+    distinct lengths than k give fewer clusters.
     """
     x = np.asarray(lengths, dtype=np.float64)
     if x.size == 0:

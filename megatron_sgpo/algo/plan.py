@@ -12,6 +12,7 @@ from typing import Hashable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
+from megatron_sgpo.algo.allocate import budgeted_sizes
 from megatron_sgpo.algo.profile import PromptProfile
 from megatron_sgpo.choices import check_choices
 
@@ -27,6 +28,8 @@ class PlanConfig:
     ``round_to``: round sizes up to a multiple (n_max must then be a multiple too).
     ``step_rollout_budget``: cap on the sum of group sizes in one step, or None.
     ``fixed_n``: the group size of every prompt in the fixed plan of the GRPO/DAPO baselines.
+    ``allocation``: ``clamp`` sizes each prompt by the rule above (scaled down to the step budget if needed);
+    ``budgeted`` splits ``step_rollout_budget`` to maximise expected informative groups (algo/allocate.py).
     """
 
     n_min: int = 2
@@ -38,6 +41,7 @@ class PlanConfig:
     order: Literal["curriculum", "shuffle", "given"] = "curriculum"
     size_from: Literal["p_hat", "posterior_mean"] = "p_hat"
     fixed_n: int = 8
+    allocation: Literal["clamp", "budgeted"] = "clamp"
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -61,6 +65,10 @@ class PlanConfig:
             )
         if self.fixed_n < 1:
             raise ValueError(f"fixed_n must be >= 1, got {self.fixed_n}")
+        if self.allocation == "budgeted" and (self.step_rollout_budget is None or self.round_to != 1):
+            raise ValueError("allocation 'budgeted' needs step_rollout_budget set (it splits that budget) and "
+                             f"round_to=1 (it adds one rollout at a time), got {self.step_rollout_budget}, "
+                             f"{self.round_to}")
 
 
 def group_size(p: float, cfg: PlanConfig) -> int:
@@ -112,11 +120,12 @@ class FilterCounts:
 
 @dataclass(frozen=True)
 class PlanEntry:
-    """``p`` is the rate the size came from (None in a fixed-n baseline plan)."""
+    """``p`` is the rate the size came from, ``posterior`` its Beta shapes (None in a fixed-n baseline plan)."""
 
     prompt_id: Hashable
     n: int
     p: float | None
+    posterior: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ class Plan:
     reshuffle_each_epoch: bool = False
     step_rollout_budget: int | None = None
     n_min: int = 1
+    n_max: int | None = None
+    allocation: str = "clamp"
 
     @property
     def total_rollouts(self) -> int:
@@ -146,7 +157,8 @@ class Plan:
         Steps never straddle epochs. The last step of an epoch holds the
         remaining ``len(entries) % prompts_per_step`` prompts; it is yielded
         short unless ``drop_last`` (then those prompts are skipped that epoch).
-        With a step budget, each step's sizes go through ``fit_to_budget``.
+        With a step budget, each step's sizes go through ``fit_to_budget``, or with ``budgeted`` allocation
+        are chosen from the posteriors by ``budgeted_sizes``.
         A shuffled plan is reshuffled each epoch from (seed, epoch).
         """
         if prompts_per_step < 1:
@@ -163,29 +175,37 @@ class Plan:
                 if drop_last and len(chunk) < prompts_per_step:
                     break
                 sizes = [e.n for e in chunk]
-                if self.step_rollout_budget is not None:
+                if self.allocation == "budgeted":
+                    sizes = budgeted_sizes([e.posterior for e in chunk], self.step_rollout_budget, self.n_min,
+                                           self.n_max)
+                elif self.step_rollout_budget is not None:
                     sizes = fit_to_budget(sizes, self.step_rollout_budget, self.n_min)
                 yield [(e.prompt_id, n) for e, n in zip(chunk, sizes)]
 
     def to_dict(self) -> dict:
         return {
-            "entries": [[e.prompt_id, e.n, e.p] for e in self.entries],
+            "entries": [[e.prompt_id, e.n, e.p, e.posterior and list(e.posterior)] for e in self.entries],
             "counts": asdict(self.counts),
             "seed": self.seed,
             "reshuffle_each_epoch": self.reshuffle_each_epoch,
             "step_rollout_budget": self.step_rollout_budget,
             "n_min": self.n_min,
+            "n_max": self.n_max,
+            "allocation": self.allocation,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         return cls(
-            entries=tuple(PlanEntry(pid, int(n), None if p is None else float(p)) for pid, n, p in d["entries"]),
+            entries=tuple(PlanEntry(pid, int(n), None if p is None else float(p), post and tuple(post))
+                          for pid, n, p, post in d["entries"]),
             counts=FilterCounts(**d["counts"]),
             seed=int(d["seed"]),
             reshuffle_each_epoch=bool(d["reshuffle_each_epoch"]),
             step_rollout_budget=d["step_rollout_budget"],
             n_min=int(d["n_min"]),
+            n_max=d["n_max"],
+            allocation=d["allocation"],
         )
 
 
@@ -217,7 +237,7 @@ def make_plan(profiles: Sequence[PromptProfile], cfg: PlanConfig, seed: int) -> 
     entries = []
     for p in kept:
         n = cfg.n_max if p.p_hat == 0.0 else group_size(_estimate(p, cfg), cfg)
-        entries.append(PlanEntry(p.prompt_id, n, _estimate(p, cfg)))
+        entries.append(PlanEntry(p.prompt_id, n, _estimate(p, cfg), (p.alpha, p.beta)))
 
     rng_order = np.random.default_rng([seed, _STREAM_ORDER])
     perm = rng_order.permutation(len(entries))
@@ -241,6 +261,8 @@ def make_plan(profiles: Sequence[PromptProfile], cfg: PlanConfig, seed: int) -> 
         reshuffle_each_epoch=cfg.order == "shuffle",
         step_rollout_budget=cfg.step_rollout_budget,
         n_min=cfg.n_min,
+        n_max=cfg.n_max,
+        allocation=cfg.allocation,
     )
 
 

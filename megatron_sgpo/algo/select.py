@@ -18,6 +18,8 @@ class SelectionConfig:
     """Which rollouts of a step are trained on, applied in this order.
 
     ``zero_variance``: drop groups whose rewards are all equal (DAPO's filter; on in ``run.mode=dapo``).
+    ``refill``: before that, generate further prompts until the step holds ``train.prompts_per_step``
+    informative groups (DAPO's dynamic sampling; every extra rollout is booked).
     ``cost_aware``: then draw ``cost_aware_draws`` samples (0: as many as are left) with
     q ∝ |A|/sqrt(cost), mixed with ``cost_aware_mix`` of uniform, and importance-weight them.
     """
@@ -26,8 +28,12 @@ class SelectionConfig:
     cost_aware: bool = False
     cost_aware_draws: int = 0
     cost_aware_mix: float = 0.0
+    refill: bool = False  # DAPO dynamic sampling: draw more prompts until the step is full (algo/refill.py)
+    refill_rounds: int = 8  # at most this many extra generation rounds per step
 
     def __post_init__(self) -> None:
+        if self.refill_rounds < 0:
+            raise ValueError(f"refill_rounds must be >= 0, got {self.refill_rounds}")
         if self.cost_aware_draws < 0:
             raise ValueError(f"cost_aware_draws must be >= 0, got {self.cost_aware_draws}")
         if not 0.0 <= self.cost_aware_mix <= 1.0:

@@ -91,7 +91,8 @@ class Workload:
 
 def step_flops(shape: ModelShape, w: Workload) -> dict:
     """Ledger FLOPs of one training step and one log-prob pass over the whole (global) batch."""
-    return {"training": w.batch * training_flops(shape, w.seq_len), "logprob": w.batch * logprob_flops(shape, w.seq_len)}
+    return {"training": w.batch * training_flops(shape, w.seq_len),
+            "logprob": w.batch * logprob_flops(shape, w.seq_len)}
 
 
 def rates(seconds: list[float], tokens: int, flops: int | None, world: int, peak: float | None) -> dict:
@@ -153,10 +154,14 @@ def rank_batches(w: Workload, vocab: int, dp: int, dp_rank: int, seed: int = 0) 
 
 
 class _Recorder:
-    """Forwards ``update_weights`` to the engine and remembers what was sent (for the copy baseline)."""
+    """The engine, remembering the names ``update_weights`` sent (for the copy baseline); every other call
+    (the weight-update session, version) goes straight to the engine."""
 
     def __init__(self, engine):
         self.engine, self.sent = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
     def update_weights(self, bucket, version):
         self.sent.extend(name for name, _ in bucket)

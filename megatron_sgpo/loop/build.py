@@ -85,7 +85,10 @@ def build_parts(cfg: RunConfig) -> RunParts:
     t = cfg.train
     policy = Policy(hf_config, layout, layout.dp, options, cfg.optim,
                     total_steps=t.steps * t.mini_batches * t.ppo_epochs)
-    policy.load_hf(hf)
+    if cfg.model.megatron_path:
+        _load_megatron(policy, hf_config, cfg.model.megatron_path, path)
+    else:
+        policy.load_hf(hf)
     shape = ModelShape.from_hf_config(hf_config)
     parts = RunParts(items, eval_items, {it.id: it for it in items + eval_items}, path, shape,
                      CostModel.from_shape(shape), layout, parallel_state.get_data_parallel_rank(), policy,
@@ -93,6 +96,20 @@ def build_parts(cfg: RunConfig) -> RunParts:
                      ReferencePolicy(policy) if cfg.loss.kl_coef > 0 else None)
     run_on_rank0("rollout engine start", lambda: _start_rollout(parts, cfg, verifier_name))
     return parts
+
+
+def _load_megatron(policy, hf_config: dict, megatron_path: str, hf_path: str) -> None:
+    """The policy's weights from a megatron checkpoint, which must be of the model ``hf_path`` describes."""
+    from megatron_sgpo.model.convert import load_megatron_checkpoint
+
+    theirs = load_hf_config(megatron_path)
+    differ = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                          "vocab_size") if theirs.get(k) != hf_config.get(k)]
+    if differ:
+        raise InputError(f"model.megatron_path {megatron_path} holds another model than model.hf_path {hf_path}: "
+                         + ", ".join(f"{k} {theirs.get(k)} vs {hf_config.get(k)}" for k in differ))
+    load_megatron_checkpoint(policy.modules(), megatron_path)
+    policy.optimizer.reload_model_params()  # the fp32 main params megatron keeps in the optimizer
 
 
 def uses_chat_template(mode: str, system_prompt: str, tokenizer, where: str) -> bool:

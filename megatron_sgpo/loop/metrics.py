@@ -15,6 +15,9 @@ def rollout_stats(groups, group_sizes: list[int]) -> dict:
     for level in sorted({g.item.meta.get("level") for g in groups} - {None}):
         lv = [r for g in groups if g.item.meta.get("level") == level for r in g.rewards]
         stats[f"pass_rate/level{level}"] = float(np.mean([r >= 1.0 for r in lv]))
+    versions = {c.weight_version for g in groups for c in g.completions} - {None}
+    if versions:  # the engine's weight version the step sampled from (the oldest, if several)
+        stats["rollout/weight_version"] = min(versions)
     return stats
 
 

@@ -14,9 +14,11 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_sgpo.algo.allocate import budgeted_sizes
 from megatron_sgpo.algo.ledger import ComputeLedger
 from megatron_sgpo.algo.plan import Plan, fixed_plan, make_plan
 from megatron_sgpo.algo.posterior import PosteriorTracker
+from megatron_sgpo.algo.refill import refill
 from megatron_sgpo.algo.samples import StepSamples, build_step_samples
 from megatron_sgpo.config import RunConfig, save_config
 from megatron_sgpo.loop import checkpoint
@@ -37,6 +39,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.out = cfg.run.output_dir
+        if cfg.train.checkpoint_every:
+            checkpoint.prepare_writer()  # before the model exists
         self.parts: RunParts = build_parts(cfg)
         self.rank = dist.get_rank()
         self.ledger = ComputeLedger()
@@ -46,6 +50,7 @@ class Trainer:
         self.plan: Plan | None = None
         self.tracker: PosteriorTracker | None = None
         self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
+        self._refilled: set = set()  # prompts drawn by this step's refill rounds
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
@@ -72,19 +77,57 @@ class Trainer:
         return steps[: t.steps]
 
     # ------------------------------------------------------------------ one step
+    def _group_sizes(self, step_entries) -> list[int]:
+        """The plan's sizes, or with online posteriors the sizes the current posteriors give."""
+        if not self.tracker:
+            return [n for _, n in step_entries]
+        plan = self.cfg.plan
+        if plan.allocation == "budgeted":
+            return budgeted_sizes([self.tracker.posterior(pid) for pid, _ in step_entries], plan.step_rollout_budget,
+                                  plan.n_min, plan.n_max)
+        return [self.tracker.group_size(pid) if pid in self.seen else n for pid, n in step_entries]
+
+    def _refill_draw(self, step_entries, rnd: int, count: int) -> list:
+        """``count`` more prompts of the plan for this step's refill round ``rnd`` (seeded by run, step, round),
+        none already generated this step, at their plan sizes."""
+        used = {pid for pid, _ in step_entries} | self._refilled
+        pool = [e for e in self.plan.entries if e.prompt_id not in used]
+        rng = np.random.default_rng([self.cfg.run.seed, self.step, 7, rnd])
+        picked = [pool[i] for i in rng.permutation(len(pool))[:count]]
+        self._refilled |= {e.prompt_id for e in picked}
+        if not picked:
+            return []
+        ns = self._group_sizes([(e.prompt_id, e.n) for e in picked])
+        seed = (self.cfg.run.seed * 100003 + self.step) * 64 + rnd + 1
+        return self.parts.runner.run([self.parts.by_id[e.prompt_id] for e in picked], ns,
+                                     self.cfg.rollout.sampling(seed=seed))
+
     def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
         """Rank 0: this step's groups, and the samples the optimiser will see."""
         cfg, parts = self.cfg, self.parts
         items = [parts.by_id[pid] for pid, _ in step_entries]
-        ns = [self.tracker.group_size(pid) if self.tracker and pid in self.seen else n for pid, n in step_entries]
+        ns = self._group_sizes(step_entries)
         groups = parts.runner.run(items, ns, cfg.rollout.sampling(seed=cfg.run.seed * 100003 + self.step))
-        self.ledger.add("rollout", *parts.runner.cost(groups))
+        generated, refill_stats = groups, {}
+        if cfg.selection.refill:
+            self._refilled = set()
+            result = refill(groups, lambda rnd, count: self._refill_draw(step_entries, rnd, count), len(groups),
+                            cfg.selection.refill_rounds)
+            groups, generated = result.trained, result.generated
+            refill_stats = {"refill/rounds": result.rounds, "refill/generated_groups": len(generated),
+                            "refill/short": result.short}
+        tokens, flops = parts.runner.cost(generated)
+        self.ledger.add("rollout", tokens, flops)
         if self.tracker:
-            for group in groups:
+            for group in generated:
                 self.tracker.update(group.item.id, group.rewards)
                 self.seen.add(group.item.id)
-        samples = build_step_samples(groups, cfg.grsp, cfg.selection, np.random.default_rng([cfg.run.seed, self.step]))
-        stats = rollout_stats(groups, ns)
+        samples = None
+        if groups:
+            samples = build_step_samples(groups, cfg.grsp, cfg.selection,
+                                         np.random.default_rng([cfg.run.seed, self.step]))
+        stats = {**rollout_stats(generated, [len(g.rewards) for g in generated]), **refill_stats,
+                 "rollout/tokens": tokens}
         stats["trained_samples"] = 0 if samples is None else len(samples.sequences)
         return samples, stats
 
@@ -158,7 +201,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
-        return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(),
+        sgpo = self.cfg.run.mode == "sgpo"
+        profile = (self.cfg.profile.path or os.path.join(self.out, "profile.json")) if sgpo else None
+        return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(), "profile": profile,
                 "posteriors": self.tracker.to_dict() if self.tracker else None, "seen": sorted(self.seen),
                 "bad_steps": self.bad_steps, "evals": self.evals}
 
@@ -188,6 +233,8 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         if not self._resume():
+            if cfg.model.megatron_path:  # the engine started from hf_path's weights: give it the policy's
+                self._sync(version=0)
             self._make_plan()
             self._evaluate("before")
         steps = self._steps()
@@ -200,10 +247,24 @@ class Trainer:
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < len(steps):
                 self._evaluate("periodic")
             if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
-                checkpoint.save(self.out, self.step, self.parts.policy, self._state())
+                checkpoint.save(self.out, self.step, self.parts.policy, self._state(), self.parts.hf_path,
+                                cfg.train.keep_checkpoints)
         bar.close()
         self._evaluate("after")
+        if cfg.train.export_hf:
+            self._export()
         return self._finish(len(steps))
+
+    def _export(self) -> None:
+        """The trained policy as an HF folder, ``<output_dir>/hf`` (replaced if there)."""
+        from megatron_sgpo.model.export import write_hf
+
+        policy = self.parts.policy
+        summary = write_hf(policy.modules(), policy.hf_config, policy.layout,
+                           checkpoint.policy_metadata(policy, self.parts.hf_path), self.parts.hf_path,
+                           os.path.join(self.out, "hf"), overwrite=True, progress=self.rank == 0)
+        if self.rank == 0:
+            tqdm.write(summary.line())
 
     def _finish(self, num_steps: int) -> dict:
         summary = {"mode": self.cfg.run.mode, "steps": num_steps, "plan_counts": vars(self.plan.counts),

@@ -82,6 +82,10 @@ def fused_softmax_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("scaled_upper_triang_masked_softmax_cuda") is not None
 
 
+def _keep_values(tensor: torch.Tensor) -> None:
+    """Init method that leaves ``tensor`` as allocated (weights about to be loaded)."""
+
+
 def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions):
     """megatron ``TransformerConfig`` equivalent to the HF config, for this layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -90,10 +94,16 @@ def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions)
     dtype = options.torch_dtype()
     on_gpu = torch.cuda.is_available()
     if layout.fp8 and not use_transformer_engine():
-        raise ValueError(f"fp8={layout.fp8!r} needs Transformer Engine and a CUDA GPU ({te.unavailable_reason() or 'no GPU'})")
+        raise ValueError(f"fp8={layout.fp8!r} needs Transformer Engine and a CUDA GPU "
+                         f"({te.unavailable_reason() or 'no GPU'})")
     extra = {}
     if layout.fp8:
         extra.update(fp8=layout.fp8, fp8_recipe=layout.fp8_recipe or "delayed")
+    if not options.init_weights:
+        # megatron tags TP-sharded weights (tensor_model_parallel, partition_dim) only inside its init routines, and
+        # grad-norm/clipping read those tags: keep the routines, make the random fill a no-op (checkpoint overwrites)
+        extra.update(init_method=_keep_values, output_layer_init_method=_keep_values,
+                     embedding_init_method=_keep_values)
     if options.recompute:
         extra.update(recompute_granularity=options.recompute)
         if options.recompute == "full":
@@ -130,7 +140,7 @@ def transformer_config(cfg: dict, layout: ParallelLayout, options: ModelOptions)
         variable_seq_lengths=layout.pp > 1,  # RL micro-batches differ in length: send shapes first
         moe_token_dispatcher_type="alltoall",  # dense models; megatron rejects the default with the line above
         use_cpu_initialization=not on_gpu,
-        perform_initialization=options.init_weights,
+        perform_initialization=True,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

@@ -23,9 +23,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_sgpo.model.build import ModelOptions, build_model
-from megatron_sgpo.model.hf_config import (MAX_PORTABLE_TP, family_of, load_hf_config, padded_vocab_size,
-                                           validate_layout)
-from megatron_sgpo.model.hf_io import SIDE_FILES, HFCheckpoint, ShardedWriter, copy_side_files
+from megatron_sgpo.model.hf_config import MAX_PORTABLE_TP, family_of, load_hf_config, padded_vocab_size, validate_layout
+from megatron_sgpo.model.hf_io import HFCheckpoint, copy_side_files
 from megatron_sgpo.model.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
 from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
@@ -55,6 +54,22 @@ class Summary:
                 f"({self.gbps:.3f} GB/s) to {self.out_dir}")
 
 
+def model_metadata(cfg: dict, divisible_by: int, dtype: str, source: str, layout: ParallelLayout) -> dict:
+    """What a megatron checkpoint of this model records beside its weights (read back by the loaders)."""
+    import megatron.core
+
+    return {"family": family_of(cfg).name, "source": os.path.abspath(source), "vocab_size": cfg["vocab_size"],
+            "padded_vocab_size": padded_vocab_size(cfg["vocab_size"], divisible_by, layout.tp),
+            "make_vocab_size_divisible_by": divisible_by, "max_tp": MAX_PORTABLE_TP, "dtype": dtype,
+            "hf_dtype": _hf_dtype(cfg), "written_at": {"tp": layout.tp, "pp": layout.pp},
+            "megatron_core": megatron.core.__version__}
+
+
+def write_metadata(ckpt_dir: str, meta: dict) -> None:
+    with open(os.path.join(ckpt_dir, META), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
 def read_metadata(ckpt_dir: str) -> dict:
     path = os.path.join(ckpt_dir, META)
     if not os.path.exists(path):
@@ -63,17 +78,17 @@ def read_metadata(ckpt_dir: str) -> dict:
         return json.load(f)
 
 
-def _rank() -> int:
+def global_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _bar(total: int, desc: str, progress: bool):
+def progress_bar(total: int, desc: str, progress: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="tensor", disable=not progress or _rank() != 0)
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not progress or global_rank() != 0)
 
 
-def _agree(error: BaseException | None) -> None:
+def agree_all_ranks(error: BaseException | None) -> None:
     """Collective: raise on every rank if any rank failed, so no rank waits forever in a later collective."""
     errors = [None] * dist.get_world_size()
     dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
@@ -93,18 +108,19 @@ def _check_layout(layout: ParallelLayout) -> None:
         raise RuntimeError(f"parallel state is tp,pp={have}, conversion asked for {(layout.tp, layout.pp)}")
 
 
-class _OutputDir:
+class OutputDir:
     """Temp folder beside ``final`` shared by all ranks; rank 0 renames it at the end or removes it on failure."""
 
     def __init__(self, final: str, overwrite: bool):
         self.final = os.path.abspath(final)
         self.tmp, err = None, None
-        if _rank() == 0:
+        if global_rank() == 0:
             try:
                 if os.path.exists(self.final) and not overwrite:
                     raise FileExistsError(f"output {self.final} already exists (pass --overwrite to replace it)")
                 os.makedirs(os.path.dirname(self.final), exist_ok=True)
-                self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.tmp-", dir=os.path.dirname(self.final))
+                self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.tmp-",
+                                            dir=os.path.dirname(self.final))
             except OSError as exc:
                 err = exc
         box = [self.tmp, None if err is None else str(err)]
@@ -115,7 +131,7 @@ class _OutputDir:
 
     def commit(self) -> None:
         dist.barrier()
-        if _rank() == 0:
+        if global_rank() == 0:
             if os.path.exists(self.final):
                 shutil.rmtree(self.final)
             os.chmod(self.tmp, 0o755)  # mkdtemp makes it private
@@ -123,7 +139,7 @@ class _OutputDir:
         dist.barrier()
 
     def abort(self) -> None:
-        if _rank() == 0 and self.tmp:
+        if global_rank() == 0 and self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -138,50 +154,42 @@ def hf_to_megatron(hf_dir: str, out_dir: str, layout: ParallelLayout = ParallelL
     Each rank builds only its own TP/PP part of the model and reads only the HF tensors it needs.
     """
     t0 = time.time()
+    prepare_dist_checkpoint_writer()  # before the model exists (see there)
     hf = HFCheckpoint(hf_dir)  # refuses pickles, names missing shards
     cfg = hf.config
     try:
-        family = family_of(cfg)
+        family_of(cfg)
         validate_layout(cfg, layout)
     except ValueError as exc:
         raise ValueError(f"{os.path.join(hf_dir, 'config.json')}: {exc}") from None
     _check_layout(layout)
-    import megatron.core
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
-    padded = padded_vocab_size(cfg["vocab_size"], divisible_by, layout.tp)
-    hf_dtype = _hf_dtype(cfg)
     options = ModelOptions(make_vocab_size_divisible_by=divisible_by, init_weights=False,
-                           dtype=_DTYPES.get(hf_dtype, "fp32"))
-    out = _OutputDir(out_dir, overwrite)
+                           dtype=_DTYPES.get(_hf_dtype(cfg), "fp32"))
+    out = OutputDir(out_dir, overwrite)
     try:
         error = None
         try:
             chunks = build_model(cfg, layout, options)
             mapping = WeightMapping(cfg, layout.tp, options.make_vocab_size_divisible_by)
             n_reads = sum(len(mapping.rule(n).hf_names) for c in chunks for n in global_names(unwrap(c)).values())
-            with _bar(n_reads, "HF -> megatron (rank 0)", progress) as bar:
+            with progress_bar(n_reads, "HF -> megatron (rank 0)", progress) as bar:
                 reader = ReadRecorder(hf, on_read=lambda: bar.update(1))
                 load_hf_weights(chunks, reader, mapping, ps.get_tensor_model_parallel_rank())
         except Exception as exc:  # agreed below so every rank stops
             error = exc
-        _agree(error)
+        agree_all_ranks(error)
         check_all_used(hf, reader.read, mapping.tied)
         sharded = unwrap(chunks[0]).sharded_state_dict()
-        _cheap_write_queue()
         dist_checkpointing.save(sharded, out.tmp)
         keys = [None] * dist.get_world_size()
         dist.all_gather_object(keys, sorted({v.key for v in sharded.values() if hasattr(v, "key")}))
-        if _rank() == 0:
+        if global_rank() == 0:
             copy_side_files(hf_dir, out.tmp)
-            meta = {"family": family.name, "source": os.path.abspath(hf_dir), "vocab_size": cfg["vocab_size"],
-                    "padded_vocab_size": padded, "make_vocab_size_divisible_by": divisible_by,
-                    "max_tp": MAX_PORTABLE_TP, "dtype": options.dtype, "hf_dtype": hf_dtype,
-                    "written_at": {"tp": layout.tp, "pp": layout.pp}, "megatron_core": megatron.core.__version__}
-            with open(os.path.join(out.tmp, META), "w") as f:
-                json.dump(meta, f, indent=2)
-        nbytes = _folder_bytes(out.tmp) if _rank() == 0 else 0
+            write_metadata(out.tmp, model_metadata(cfg, divisible_by, options.dtype, hf_dir, layout))
+        nbytes = _folder_bytes(out.tmp) if global_rank() == 0 else 0
         out.commit()
     except BaseException:
         out.abort()
@@ -189,11 +197,14 @@ def hf_to_megatron(hf_dir: str, out_dir: str, layout: ParallelLayout = ParallelL
     return Summary("HF -> megatron", len(set().union(*map(set, keys))), nbytes, time.time() - t0, out.final)
 
 
-def _cheap_write_queue() -> None:
-    """Pre-create megatron's write-results queue from a forked manager.
+def prepare_dist_checkpoint_writer() -> None:
+    """Pre-create megatron's write-results queue from a forked manager; call it early, while the process is small.
 
     megatron makes it with a *spawn* manager, which re-imports the caller's main module (seconds when that
-    imports torch and megatron, measured 6 s of a 10 s SmolLM2 save); a fork is instant. Skipped if it exists.
+    imports torch and megatron, measured 6 s of a 10 s SmolLM2 save); a fork is instant. The manager lives as
+    long as the process and keeps the memory pages of the moment it was forked (each page the parent writes
+    later is copied), so it must be forked before the model and optimizer exist: forked after a first update,
+    it doubled a DP rank's memory. Skipped if the queue exists.
     """
     import multiprocessing as mp
 
@@ -243,7 +254,8 @@ def load_megatron_checkpoint(chunks, ckpt_dir: str) -> dict:
                     raise ValueError(f"model vocab {st.data.shape[0] * tp} rows < checkpoint vocab_size {vocab}")
                 repad[name] = st.data.shape[0]
                 sharded[name] = _full_read(st, padded)
-        state = dist_checkpointing.load(sharded, ckpt_dir)
+        # only this model's entries: a run checkpoint's common state also holds the optimizer's
+        state = {k: v for k, v in dist_checkpointing.load(sharded, ckpt_dir).items() if k in sharded}
         for name, rows in repad.items():
             full, start = state[name], tp_rank * rows
             local = full.new_zeros((rows, *full.shape[1:]))
@@ -253,90 +265,44 @@ def load_megatron_checkpoint(chunks, ckpt_dir: str) -> dict:
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
-            raise ValueError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing}, "
+                             f"unexpected {unexpected}")
     return meta
-
-
-def _export_order(name: str) -> tuple:
-    """HF-like order: embedding, layers by index, final norm, output layer."""
-    if name.startswith("decoder.layers."):
-        return (1, int(name.split(".")[2]), name)
-    return ({"embedding.word_embeddings.weight": 0, "decoder.final_layernorm.weight": 2}.get(name, 3), 0, name)
 
 
 def megatron_to_hf(ckpt_dir: str, out_dir: str, layout: ParallelLayout = ParallelLayout(),
                    max_shard_bytes: int = 5 * 10**9, overwrite: bool = False, progress: bool = True) -> Summary:
-    """Convert a converted megatron checkpoint back to an HF safetensors folder that transformers loads.
-
-    Every rank loads its part; TP shards are all-gathered one parameter at a time and other pipeline
-    stages send theirs to rank 0, which alone writes (memory: one parameter plus one output shard).
-    """
-    from megatron.core import parallel_state as ps
+    """Convert a megatron checkpoint (converted, or a run checkpoint's ``dist/``) back to an HF safetensors folder
+    that transformers loads. Every rank loads its part; :func:`megatron_sgpo.model.export.write_hf` writes."""
+    from megatron_sgpo.model.export import write_hf
 
     t0 = time.time()
     meta = read_metadata(ckpt_dir)
     cfg = load_hf_config(ckpt_dir)
     validate_layout(cfg, layout)
     _check_layout(layout)
-    divisor = meta["make_vocab_size_divisible_by"]
-    options = ModelOptions(make_vocab_size_divisible_by=divisor, dtype=meta["dtype"], init_weights=False)
-    hf_dtype = getattr(torch, meta.get("hf_dtype", "float32"))
-    out = _OutputDir(out_dir, overwrite)
+    options = ModelOptions(make_vocab_size_divisible_by=meta["make_vocab_size_divisible_by"], dtype=meta["dtype"],
+                           init_weights=False)
+    error, chunks = None, None
     try:
-        error, params = None, {}
-        try:
-            chunks = build_model(cfg, layout, options)
-            load_megatron_checkpoint(chunks, ckpt_dir)
-            mapping = WeightMapping(cfg, layout.tp, divisor)
-            for chunk in chunks:
-                model = unwrap(chunk)
-                named = dict(model.named_parameters())
-                for local, name in global_names(model).items():
-                    if not (name == "output_layer.weight" and mapping.tied):  # the embedding is written once
-                        params[name] = named[local].detach()
-        except Exception as exc:
-            error = exc
-        _agree(error)
-        tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
-        first_replica = ps.get_data_parallel_rank() == 0  # data-parallel replicas hold copies: skip them
-        listing = [None] * dist.get_world_size()
-        mine = [(n, tuple(p.shape), str(p.dtype)) for n, p in params.items()] if tp_rank == 0 and first_replica else []
-        dist.all_gather_object(listing, (dist.get_rank(), pp_rank, mine))
-        plan = sorted(((n, shape, dt, src, pp) for src, pp, items in listing for n, shape, dt in items),
-                      key=lambda x: _export_order(x[0]))
-        writer = ShardedWriter(out.tmp, max_shard_bytes) if _rank() == 0 else None
-        tp_group = ps.get_tensor_model_parallel_group()
-        with _bar(len(plan), "megatron -> HF", progress) as bar:
-            for name, shape, dt, src, pp in plan:
-                shards = None
-                if pp == pp_rank and first_replica:
-                    local = params[name].contiguous()
-                    shards = [torch.empty_like(local) for _ in range(layout.tp)]
-                    dist.all_gather(shards, local, group=tp_group)
-                if pp != 0 and _rank() in (0, src):
-                    if _rank() == src:
-                        for s in shards:
-                            dist.send(s, dst=0)
-                    else:
-                        shards = [torch.empty(shape, dtype=getattr(torch, dt.split(".")[1])) for _ in range(layout.tp)]
-                        for s in shards:
-                            dist.recv(s, src=src)
-                if writer is not None:
-                    for hf_name, tensor in mapping.to_hf(name, shards):
-                        writer.add(hf_name, tensor.to(hf_dtype))
-                bar.update(1)
-        nbytes = 0
-        if writer is not None:
-            writer.close()
-            nbytes = writer.total_bytes
-            for side in SIDE_FILES:
-                if os.path.exists(os.path.join(ckpt_dir, side)):
-                    shutil.copy2(os.path.join(ckpt_dir, side), os.path.join(out.tmp, side))
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    return Summary("megatron -> HF", len(writer.weight_map) if writer else 0, nbytes, time.time() - t0, out.final)
+        chunks = build_model(cfg, layout, options)
+        load_megatron_checkpoint(chunks, ckpt_dir)
+    except Exception as exc:
+        error = exc
+    agree_all_ranks(error)
+    return write_hf(chunks, cfg, layout, meta, ckpt_dir, out_dir, max_shard_bytes, overwrite,
+                    progress, t0)
+
+
+def add_export_arguments(parser) -> None:
+    """The layout and output options shared by the megatron → HF commands (the converter and ``sgpo export``)."""
+    from megatron_sgpo.model.hf_io import parse_size
+
+    parser.add_argument("--tp", type=int, default=1, help="tensor parallel size to load at (world = tp * pp)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline parallel size to load at")
+    parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"))
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def run_tool(tool: str, layout: ParallelLayout, convert) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import torch
@@ -78,6 +79,19 @@ class HFCheckpoint:
 
     def nbytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.path, s)) for s in set(self._where.values()))
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5e9 bytes; '500MiB' -> 500 * 2**20 (the ``--max-shard-size`` of the export commands)."""
+    import argparse
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 5GB, 500MB, 2GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def copy_side_files(src: str, dst: str) -> list[str]:

@@ -110,6 +110,12 @@ class RolloutEngine(abc.ABC):
         The weight sync (:mod:`megatron_sgpo.weights.sync`) buckets the model and calls this once per
         bucket, every call of one sync with the same version."""
 
+    def begin_weight_update(self, version: int) -> None:
+        """Called once before the buckets of one sync (SGLang needs a session around them); no-op by default."""
+
+    def end_weight_update(self, version: int) -> None:
+        """Called once after the last bucket of one sync, also when a bucket failed; no-op by default."""
+
     @property
     @abc.abstractmethod
     def weight_version(self) -> int:
@@ -143,6 +149,5 @@ ENGINES = Registry(
     "rollout engine", "a callable (rollout_config, model_path) -> RolloutEngine, e.g. a classmethod from_config",
     builtin={"local": "megatron_sgpo.rollout.local:LocalEngine.from_config",
              "sglang": "megatron_sgpo.rollout.sglang:SGLangClient.from_config",
-             "serve": "megatron_sgpo.rollout.sglang:SGLangClient.from_config"},
-    unavailable={"vllm": "VLLMEngine's weight update fails on vLLM's CPU build and was never run on GPU "
-                         "(megatron_sgpo/rollout/vllm.py); use local, sglang or serve"})
+             "serve": "megatron_sgpo.rollout.sglang:SGLangClient.from_config",
+             "vllm": "megatron_sgpo.rollout.vllm:VLLMEngine.from_config"})

@@ -1,6 +1,6 @@
 """Start an inference server process, wait for it to be healthy, and keep its last words.
 
-One launcher serves `python -m sglang.launch_server` (GPU) and `sgpo serve` (CPU tests):
+One launcher serves `python -m sglang.launch_server` (GPU, or CPU with `device="cpu"`) and `sgpo serve`:
 both speak the same HTTP API, and when either dies the error shows its last log lines
 instead of a bare "connection refused".
 """
@@ -40,26 +40,47 @@ class SGLangLauncher:
     # ------------------------------------------------------------------ command lines
     @classmethod
     def sglang(cls, model_path: str, port: int, host: str = "127.0.0.1", tp_size: int = 1,
-               mem_fraction_static: Optional[float] = None, enable_memory_saver: bool = False,
-               weight_version: Optional[int] = None, extra_args: Sequence[str] = (),
-               python: str = sys.executable, **kw) -> "SGLangLauncher":
-        """`python -m sglang.launch_server` with sglang 0.5.23's flag names."""
+               mem_fraction_static: Optional[float] = None, enable_memory_saver: bool = True,
+               deterministic: bool = True, weight_version: Optional[int] = 0, device: Optional[str] = None,
+               max_total_tokens: Optional[int] = None, extra_args: Sequence[str] = (),
+               python: str = sys.executable, env: Optional[dict] = None, **kw) -> "SGLangLauncher":
+        """`python -m sglang.launch_server` with sglang 0.5.23's flag names.
+
+        The defaults are what the client relies on: --enable-memory-saver (else release frees nothing),
+        --enable-deterministic-inference (else seeds are ignored) and --weight-version 0 (else versions read
+        "default"). `device="cpu"` runs SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1) with torch-native attention
+        in float32; neither memory saver (torch_memory_saver loads libcuda) nor deterministic inference (refused
+        with torch-native attention) runs there, so they are left out and the client skips releases and
+        refuses seeds."""
         argv = [python, "-m", "sglang.launch_server", "--model-path", model_path, "--tp-size", str(tp_size),
                 "--host", host, "--port", str(port)]
+        if device == "cpu":
+            argv += ["--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32",
+                     "--grammar-backend", "none", "--skip-server-warmup", "--disable-cuda-graph"]
+            env = {"SGLANG_USE_CPU_ENGINE": "1", **(env or {})}
+            enable_memory_saver = deterministic = False
+        elif device is not None:
+            argv += ["--device", device]
         if mem_fraction_static is not None:
             argv += ["--mem-fraction-static", str(mem_fraction_static)]
+        if max_total_tokens is not None:
+            argv += ["--max-total-tokens", str(max_total_tokens)]
         if enable_memory_saver:
             argv.append("--enable-memory-saver")
+        if deterministic:
+            argv.append("--enable-deterministic-inference")
         if weight_version is not None:
             argv += ["--weight-version", str(weight_version)]
-        return cls(argv + list(extra_args), f"http://{host}:{port}", **kw)
+        return cls(argv + list(extra_args), f"http://{host}:{port}", env=env, **kw)
 
     @classmethod
-    def sgpo(cls, model_path: str, port: int, host: str = "127.0.0.1", extra_args: Sequence[str] = (),
-             python: str = sys.executable, **kw) -> "SGLangLauncher":
-        """Our own `sgpo serve` (the LocalEngine behind the same HTTP API)."""
+    def sgpo(cls, model_path: str, port: int, host: str = "127.0.0.1", enable_memory_saver: bool = True,
+             deterministic: bool = True, extra_args: Sequence[str] = (), python: str = sys.executable,
+             **kw) -> "SGLangLauncher":
+        """Our own `sgpo serve` (the LocalEngine behind the same HTTP API), with SGLang's two flags."""
         argv = [python, "-m", "megatron_sgpo.rollout.server", "--model", model_path, "--host", host,
                 "--port", str(port)]
+        argv += ["--enable-memory-saver"] * enable_memory_saver + ["--enable-deterministic-inference"] * deterministic
         return cls(argv + list(extra_args), f"http://{host}:{port}", **kw)
 
     # ------------------------------------------------------------------ process

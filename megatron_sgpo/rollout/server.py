@@ -1,18 +1,28 @@
 """`sgpo serve`: the LocalEngine behind SGLang's HTTP API (endpoints and shapes of sglang 0.5.23).
 
-Lets everything that talks to SGLang — the client, the weight-sync transports, the fault
-handling — be exercised end to end on a CPU machine, against a real server process.
+The default test suite's SGLang: starts in seconds, needs no second venv, and takes the fault tests (a
+server killed mid-request, bad requests) that the real server's tier does not. Where the client depends on
+SGLang's behaviour it behaves the same (checked against SGLang 0.5.23 by tests/engines): tensor and
+distributed weight updates only inside /begin_weight_update ... /end_weight_update, `flush_cache` refused
+while requests run, seeds ignored unless started with --enable-deterministic-inference, release freeing
+nothing unless started with --enable-memory-saver, and the samples of an `n > 1` request under fresh ids
+(an abort by the caller's id misses them). One difference: the prompts of one request are generated
+together, so aborting one of its ids aborts them all.
 Standard library HTTP (ThreadingHTTPServer); generation is serialised by the engine's lock,
 so concurrency here only means that aborts, health checks and info calls are never blocked.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
 import threading
+import time
 import traceback
+import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
@@ -35,11 +45,13 @@ class HTTPError(Exception):
 class SGLangCompatApp:
     """Route table and handlers; independent of the HTTP server so it can be called directly."""
 
-    def __init__(self, engine: LocalEngine):
+    def __init__(self, engine: LocalEngine, memory_saver: bool = False, deterministic: bool = False):
         self.engine = engine
+        self.memory_saver, self.deterministic = memory_saver, deterministic
         self.inflight: dict[str, threading.Event] = {}
         self.inflight_lock = threading.Lock()
         self.groups: dict[str, Any] = {}
+        self.session_open = False
         get_post = ("GET", "POST")
         self.routes: dict[tuple[str, str], Callable[[dict], Any]] = {}
         for methods, path, fn in [
@@ -47,7 +59,10 @@ class SGLangCompatApp:
             (("GET",), "/health", self.health), (("GET",), "/health_generate", self.health),
             (("GET",), "/get_model_info", self.model_info), (("GET",), "/model_info", self.model_info),
             (("GET",), "/get_weight_version", self.get_weight_version),
-            (get_post, "/flush_cache", lambda b: "Cache flushed.\n"),
+            (("GET",), "/server_info", self.server_info), (("GET",), "/get_server_info", self.server_info),
+            (get_post, "/flush_cache", self.flush_cache),
+            (("POST",), "/begin_weight_update", self.begin_session),
+            (("POST",), "/end_weight_update", self.end_session),
             (("POST",), "/abort_request", self.abort_request),
             (get_post, "/release_memory_occupation", self.release),
             (get_post, "/resume_memory_occupation", self.resume),
@@ -67,25 +82,43 @@ class SGLangCompatApp:
         if req["stream"]:
             raise HTTPError(400, "stream=true is not supported by sgpo serve")
         cancel = threading.Event()
+        prompts, params = req["prompts"], req["params"]
+        if not self.deterministic:  # as SGLang: sampling_seed is ignored without deterministic inference
+            params = [(dataclasses.replace(sp, seed=None), n) for sp, n in params]
+        n = params[0][1]
+        # as SGLang: the samples of an n > 1 request run under fresh ids, so the caller's id cannot abort them
+        ids = req["rids"] if n == 1 else [uuid.uuid4().hex for _ in range(len(prompts) * n)]
         with self.inflight_lock:
-            for rid in req["rids"]:
+            for rid in ids:
                 self.inflight[rid] = cancel
         try:
-            prompts, params = req["prompts"], req["params"]
             if all(p == params[0] for p in params):
                 groups = self.engine.generate(prompts, [n for _, n in params], params[0][0], cancel=cancel)
             else:
                 groups = [self.engine.generate([p], [n], sp, cancel=cancel)[0] for p, (sp, n) in zip(prompts, params)]
         finally:
             with self.inflight_lock:
-                for rid in req["rids"]:
+                for rid in ids:
                     self.inflight.pop(rid, None)
         out = []
-        for rid, prompt, group in zip(req["rids"], prompts, groups):
-            for j, c in enumerate(group):
-                sample_rid = rid if len(group) == 1 else f"{rid}-{j}"
-                out.append(completion_to_json(c, sample_rid, len(prompt), req["return_logprob"]))
+        sample_ids = iter(ids if n > 1 else req["rids"])
+        for prompt, group in zip(prompts, groups):
+            for c in group:
+                out.append(completion_to_json(c, next(sample_ids), len(prompt), req["return_logprob"]))
         return out[0] if req["single"] and len(out) == 1 else out
+
+    def busy(self) -> bool:
+        with self.inflight_lock:
+            return bool(self.inflight)
+
+    def flush_cache(self, body: dict) -> str:
+        """Refused while requests run, as SGLang; `timeout` (seconds, a query parameter) waits for them."""
+        deadline = time.monotonic() + float(body.get("timeout") or 0)
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.busy():
+            raise HTTPError(400, "Flush cache failed.\n")
+        return "Cache flushed.\n"
 
     def abort_request(self, body: dict) -> None:
         if body.get("abort_all"):
@@ -113,11 +146,19 @@ class SGLangCompatApp:
     def get_weight_version(self, body: dict) -> dict:
         return {"weight_version": str(self.engine.weight_version)}
 
+    def server_info(self, body: dict) -> dict:
+        """The server arguments the client reads (SGLang returns all of them)."""
+        return {"model_path": self.engine.model_dir, "weight_version": str(self.engine.weight_version),
+                "enable_memory_saver": self.memory_saver, "enable_deterministic_inference": self.deterministic,
+                "device": self.engine.device.type}
+
     def release(self, body: dict) -> None:
-        self.engine.release_memory()
+        if self.memory_saver:  # as SGLang: without the memory saver, release frees nothing
+            self.engine.release_memory()
 
     def resume(self, body: dict) -> None:
-        self.engine.resume_memory()
+        if self.memory_saver:
+            self.engine.resume_memory()
 
     # --------------------------------------------------------------- weights
     def _version(self, body: dict, key: str = "weight_version") -> int:
@@ -133,7 +174,31 @@ class SGLangCompatApp:
     def _ok(message: str) -> dict:
         return {"success": True, "message": message}
 
+    def begin_session(self, body: dict) -> dict:
+        if self.session_open:
+            raise HTTPError(400, "a weight-update session is already open; call end_weight_update() first")
+        self.session_open = True
+        return self._ok("Success")
+
+    def end_session(self, body: dict) -> dict:
+        if not self.session_open:
+            raise HTTPError(400, "no weight-update session is open; call begin_weight_update() first")
+        self.session_open = False
+        return self._ok("Success")
+
+    def _in_session(self, what: str) -> None:
+        if not self.session_open:
+            raise HTTPError(400, f"{what} must run between begin_weight_update() and end_weight_update()")
+
+    def _loaded(self, body: dict, message: str) -> dict:
+        """SGLang's flush after a load: with flush_cache (its default) and requests running, the call fails."""
+        if body.get("flush_cache", True) and self.busy():
+            raise HTTPError(400, "Weights were updated, but the cache was not flushed because requests are still "
+                                 "running or queued. Retract or finish them, then call /flush_cache.")
+        return self._ok(message)
+
     def update_from_tensor(self, body: dict) -> dict:
+        self._in_session("update_weights_from_tensor")
         payloads = body.get("serialized_named_tensors")
         if not isinstance(payloads, list) or not payloads:
             raise HTTPError(400, "serialized_named_tensors must be a non-empty list (one entry per TP rank)")
@@ -142,7 +207,7 @@ class SGLangCompatApp:
         named = deserialize_named_tensors(payloads[0])  # this server is a single TP rank
         version = self._version(body)
         self.engine.update_weights(named, version)
-        return self._ok(f"updated {len(named)} tensors; weight_version={version}")
+        return self._loaded(body, f"updated {len(named)} tensors; weight_version={version}")
 
     def init_group(self, body: dict) -> dict:
         try:
@@ -167,6 +232,7 @@ class SGLangCompatApp:
         return self._ok(f"destroyed {name!r}")
 
     def update_from_distributed(self, body: dict) -> dict:
+        self._in_session("update_weights_from_distributed")
         name = body.get("group_name", "weight_update_group")
         pg = self.groups.get(name)
         if pg is None:
@@ -183,7 +249,7 @@ class SGLangCompatApp:
             received.append((n, t))
         version = self._version(body)
         self.engine.update_weights(received, version)
-        return self._ok(f"received {len(received)} tensors; weight_version={version}")
+        return self._loaded(body, f"received {len(received)} tensors; weight_version={version}")
 
     def update_from_disk(self, body: dict) -> dict:
         path = body.get("model_path")
@@ -219,7 +285,7 @@ def _make_handler(app: SGLangCompatApp):
             self.wfile.write(data)
 
         def _handle(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             where = f"{self.command} {path}"
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -237,6 +303,7 @@ def _make_handler(app: SGLangCompatApp):
                     body = {}
                 if not isinstance(body, dict):
                     raise HTTPError(400, f"{where}: the JSON body must be an object, got {type(body).__name__}")
+                body = {**{k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}, **body}  # query parameters
                 result = fn(body)
                 self._reply(200, result)
             except HTTPError as e:
@@ -252,8 +319,9 @@ def _make_handler(app: SGLangCompatApp):
     return Handler
 
 
-def build_server(engine: LocalEngine, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _make_handler(SGLangCompatApp(engine)))
+def build_server(engine: LocalEngine, host: str, port: int, memory_saver: bool = False,
+                 deterministic: bool = False) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), _make_handler(SGLangCompatApp(engine, memory_saver, deterministic)))
     server.daemon_threads = True
     return server
 
@@ -270,13 +338,18 @@ def serve_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--weight-version", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--enable-memory-saver", action="store_true",
+                    help="release_memory_occupation really releases (as SGLang's flag; otherwise it is a no-op)")
+    ap.add_argument("--enable-deterministic-inference", action="store_true",
+                    help="honour sampling_seed (as SGLang's flag; otherwise seeds are ignored)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = LocalEngine(args.model, device=args.device, max_batch_size=args.max_batch_size,
                          dtype=getattr(torch, args.dtype) if args.dtype else None)
     engine.set_weight_version(args.weight_version)
-    server = build_server(engine, args.host, args.port)
+    server = build_server(engine, args.host, args.port, args.enable_memory_saver,
+                          args.enable_deterministic_inference)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"sgpo serve: listening on http://{args.host}:{server.server_address[1]} model={args.model}", flush=True)
     try:

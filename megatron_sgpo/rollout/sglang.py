@@ -1,20 +1,26 @@
 """RolloutEngine over SGLang's HTTP API (a real SGLang server or `sgpo serve`).
 
-Per-prompt n: SGLang allows only one `n` per /generate request, so each prompt goes out as
-its own request carrying its own n; a thread pool bounds how many are in flight. The server
-batches them internally (continuous batching), so nothing is lost by not expanding.
-With a seed, SGLang's seeded sampler keys its noise on (sampling_seed, position) only, so
-the n samples of one request would be identical: seeded requests are therefore expanded to
-n requests of n=1, each with its own derived seed.
+Per-prompt n: each prompt goes out as its own /generate request holding n copies of the prompt, each
+copy with a request id of ours (SGLang's own `n` would replace the ids, so an abort by id would miss
+them) and, with a seed, its own derived `sampling_seed` (SGLang keys its seeded noise on (seed,
+position) only, so n samples under one seed would be identical). A thread pool bounds how many
+requests are in flight; the server batches them itself (continuous batching).
+SGLang honours seeds only when started with --enable-deterministic-inference, and frees memory on
+release only with --enable-memory-saver: the client reads both from /server_info and refuses a seeded
+request that would be silently unseeded, and skips a release that would free nothing.
+Weight updates run inside SGLang's weight-update session (/begin_weight_update ... /end_weight_update),
+with the cache flushed once at its end rather than per bucket (a per-bucket flush fails while requests
+are queued).
 Failures come back as EngineError naming the server URL and endpoint, plus the launcher's
 last log lines when the client owns one.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -31,6 +37,7 @@ from .launcher import ServerLaunchError, SGLangLauncher  # noqa: F401  (re-expor
 from .protocol import parse_completion, to_sglang_sampling
 
 _RETRY_STATUS = {502, 503, 504}
+log = logging.getLogger(__name__)
 
 
 class SGLangClient(RolloutEngine):
@@ -54,6 +61,9 @@ class SGLangClient(RolloutEngine):
         self._inflight: set[str] = set()
         self._inflight_lock = threading.Lock()
         self._version: Optional[int] = None
+        self._server_info: Optional[dict] = None
+        self._session: Optional[int] = None  # the version of the open weight-update session
+        self._warned_release = False
         self._group = None
         self._closed = False
         self.attempts = 0  # HTTP attempts made, retries included (observable in tests and logs)
@@ -132,24 +142,38 @@ class SGLangClient(RolloutEngine):
         return str(err)[:500]
 
     # ------------------------------------------------------------------ generation
-    def _generate_one(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
-        body = {"input_ids": list(prompt), "sampling_params": to_sglang_sampling(params, n),
-                "return_logprob": True, "rid": f"sgpo-{uuid.uuid4().hex}"}
-        with self._inflight_lock:
-            self._inflight.add(body["rid"])
+    def server_info(self) -> dict:
+        """SGLang's /server_info (its server arguments), read once."""
+        if self._server_info is None:
+            info = self.request("GET", "/server_info")
+            if not isinstance(info, dict):
+                raise EngineError(f"GET {self.url}/server_info: expected a JSON object, got {type(info).__name__}")
+            self._server_info = info
+        return self._server_info
 
-        def abandon():  # the timed-out attempt may still run on the server: abort it, retry under a new rid
-            self._abort_rid(body["rid"])
+    def _generate_one(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
+        """n copies of one prompt in one request, each under its own rid (and its own seed when seeded)."""
+        sampling = [to_sglang_sampling(params if params.seed is None else
+                                       replace(params, seed=sample_seed(params.seed, index, j)), 1)
+                    for j in range(n)]
+        body = {"input_ids": [list(prompt)] * n, "sampling_params": sampling, "return_logprob": True,
+                "rid": [f"sgpo-{uuid.uuid4().hex}" for _ in range(n)]}
+        with self._inflight_lock:
+            self._inflight.update(body["rid"])
+
+        def abandon():  # the timed-out attempt may still run on the server: abort it, retry under new rids
+            for rid in body["rid"]:
+                self._abort_rid(rid)
             with self._inflight_lock:
-                self._inflight.discard(body["rid"])
-                body["rid"] = f"sgpo-{uuid.uuid4().hex}"
-                self._inflight.add(body["rid"])
+                self._inflight.difference_update(body["rid"])
+                body["rid"] = [f"sgpo-{uuid.uuid4().hex}" for _ in range(n)]
+                self._inflight.update(body["rid"])
 
         try:
             out = self.request("POST", "/generate", body, on_timeout=abandon)
         finally:
             with self._inflight_lock:
-                self._inflight.discard(body["rid"])
+                self._inflight.difference_update(body["rid"])
         where = f"POST {self.url}/generate (prompt {index})"
         items = [out] if isinstance(out, dict) else out
         if not isinstance(items, list) or len(items) != n:
@@ -161,39 +185,62 @@ class SGLangClient(RolloutEngine):
         check_generate_args(prompts, n_per_prompt)
         if self._closed:
             raise EngineError(f"SGLangClient for {self.url} is closed")
-        futures: list[list[Future]] = []
-        for i, (p, n) in enumerate(zip(prompts, n_per_prompt)):
-            if params.seed is None:
-                futures.append([self._pool.submit(self._generate_one, p, int(n), params, i)] if int(n) > 0 else [])
-            else:
-                futures.append([self._pool.submit(self._generate_one, p, 1,
-                                                  replace(params, seed=sample_seed(params.seed, i, j)), i)
-                                for j in range(int(n))])
+        seeded = params.seed is not None and not params.greedy
+        if seeded and not self.server_info().get("enable_deterministic_inference"):
+            raise EngineError(f"{self.url} ignores sampling seeds (SGLang honours them only when started with "
+                              f"--enable-deterministic-inference, which SGLang 0.5.23 cannot run on a CPU): restart "
+                              f"the server with that flag, or sample without a seed (rollout.seeded=false)")
+        futures = [self._pool.submit(self._generate_one, p, int(n), params, i) if int(n) > 0 else None
+                   for i, (p, n) in enumerate(zip(prompts, n_per_prompt))]
         results = []
         try:
-            for fs in futures:
-                results.append([c for f in fs for c in f.result()])
+            for f in futures:
+                results.append(f.result() if f is not None else [])
         except BaseException:
-            for fs in futures:
-                for f in fs:
+            for f in futures:
+                if f is not None:
                     f.cancel()
             raise
         return results
 
     # ------------------------------------------------------------------ weights
+    def begin_weight_update(self, version: int) -> None:
+        """Open SGLang's weight-update session; the tensor and distributed updates are refused outside one."""
+        if self._session is not None:
+            raise EngineError(f"a weight-update session (version {self._session}) is already open on {self.url}")
+        self.request("POST", "/begin_weight_update", {}, retry=False)
+        self._session = int(version)
+
+    def end_weight_update(self, version: int) -> None:
+        """Close the session, then drop the prefix cache the old weights computed (waiting for running requests)."""
+        if self._session is None:
+            return
+        self._session = None
+        self.request("POST", "/end_weight_update", {}, retry=False)
+        self.request("POST", f"/flush_cache?timeout={self.timeout_s:g}", None, retry=False)
+
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
-        """One bucket through the configured transport (tensor handles or NCCL/gloo broadcast)."""
-        if self.weight_sync == "tensor":
-            self.update_weights_from_tensor(named_tensors, version)
-        else:
-            self.update_weights_from_distributed(named_tensors, version)
+        """One bucket through the configured transport (tensor handles or NCCL/gloo broadcast); outside a sync's
+        session (a direct call) the bucket gets a session of its own."""
+        own = self._session is None
+        if own:
+            self.begin_weight_update(version)
+        try:
+            if self.weight_sync == "tensor":
+                self.update_weights_from_tensor(named_tensors, version)
+            else:
+                self.update_weights_from_distributed(named_tensors, version)
+        finally:
+            if own:
+                self.end_weight_update(version)
 
     def update_weights_from_tensor(self, named_tensors: NamedTensors, version: int) -> None:
+        """Inside a session (see begin_weight_update); the cache is flushed once, at its end."""
         items = [(n, t.detach().contiguous()) for n, t in named_tensors]  # kept alive until the reply
         payload = serialize_named_tensors(items)
         self.request("POST", "/update_weights_from_tensor",
                      {"serialized_named_tensors": [payload] * self.tp_size, "weight_version": str(int(version)),
-                      "flush_cache": True}, retry=False)
+                      "flush_cache": False}, retry=False)
         del items
         self._version = int(version)
 
@@ -209,6 +256,7 @@ class SGLangClient(RolloutEngine):
         fut.result()
 
     def update_weights_from_distributed(self, named_tensors: NamedTensors, version: int) -> None:
+        """Inside a session, after init_weights_update_group; one broadcast per tensor, in name order."""
         if self._group is None:
             raise EngineError("update_weights_from_distributed: call init_weights_update_group first")
         pg, group_name, backend = self._group
@@ -216,7 +264,7 @@ class SGLangClient(RolloutEngine):
         items = [(n, t.detach().to(dev).contiguous()) for n, t in named_tensors]
         body = {"names": [n for n, _ in items], "dtypes": [dtype_name(t.dtype) for _, t in items],
                 "shapes": [list(t.shape) for _, t in items], "group_name": group_name,
-                "weight_version": str(int(version)), "flush_cache": True}
+                "weight_version": str(int(version)), "flush_cache": False}
         fut = self._pool.submit(self.request, "POST", "/update_weights_from_distributed", body, None, False)
         works = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for _, t in items]
         while not all(w.is_completed() for w in works):
@@ -246,10 +294,18 @@ class SGLangClient(RolloutEngine):
 
     # ------------------------------------------------------------------ lifecycle
     def release_memory(self) -> None:
+        """Only on a server started with --enable-memory-saver: without it SGLang answers 200 and frees nothing."""
+        if not self.server_info().get("enable_memory_saver"):
+            if not self._warned_release:
+                log.warning("%s runs without --enable-memory-saver: release_memory is skipped (it would free nothing)",
+                            self.url)
+                self._warned_release = True
+            return
         self.request("POST", "/release_memory_occupation", {})
 
     def resume_memory(self) -> None:
-        self.request("POST", "/resume_memory_occupation", {})
+        if self.server_info().get("enable_memory_saver"):
+            self.request("POST", "/resume_memory_occupation", {})
 
     def abort(self) -> None:
         """Abort everything on the server (abort_all), including other clients' requests."""

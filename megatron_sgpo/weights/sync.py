@@ -33,7 +33,8 @@ def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor]:
     return shards
 
 
-def stage_hf_tensors(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def stage_hf_tensors(chunks, mapping: WeightMapping,
+                     dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's parameters as HF (name, full tensor) pairs. Every TP rank must iterate (all-gathers);
     the values are meaningful on all of them. With tied embeddings the last stage's copy of the output
     weight is skipped: the first stage sends the embedding, which is the same tensor."""
@@ -83,7 +84,8 @@ def _stage_sources() -> list[int]:
     return [sources[s] for s in sorted(sources)]
 
 
-def collect_on_rank0(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def collect_on_rank0(chunks, mapping: WeightMapping,
+                     dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """On global rank 0, yield every HF tensor of the model, stage by stage; elsewhere, send and yield nothing.
 
     All ranks must consume the iterator (it drives the collectives). Data-parallel replicas hold the same
@@ -125,9 +127,13 @@ def sync_weights(chunks, mapping: WeightMapping, engine, version: int, bucket_by
             pass
         return sent
 
-    for bucket in buckets(named, bucket_bytes):
-        engine.update_weights(bucket, version=version)
-        sent["buckets"] += 1
-        sent["tensors"] += len(bucket)
-        sent["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
+    engine.begin_weight_update(version)
+    try:
+        for bucket in buckets(named, bucket_bytes):
+            engine.update_weights(bucket, version=version)
+            sent["buckets"] += 1
+            sent["tensors"] += len(bucket)
+            sent["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
+    finally:
+        engine.end_weight_update(version)
     return sent

@@ -2,9 +2,17 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from megatron_sgpo.algo.plan import PlanConfig, fit_to_budget, fixed_plan, group_size, make_plan
+from megatron_sgpo.algo.allocate import budgeted_sizes
+from megatron_sgpo.algo.plan import (
+    PlanConfig,
+    fit_to_budget,
+    fixed_plan,
+    group_size,
+    make_plan,
+)
 from megatron_sgpo.algo.profile import PromptProfile
 
 
@@ -108,7 +116,8 @@ def test_curriculum_is_easy_to_hard_with_seeded_ties():
     plan = make_plan(mixed_profiles(), cfg, seed=1)
     ps = [e.p for e in plan.entries]
     assert ps == sorted(ps, reverse=True)
-    tie_orders = {tuple(e.prompt_id for e in make_plan(mixed_profiles(), cfg, s).entries if e.p == 0.5) for s in range(8)}
+    tie_orders = {tuple(e.prompt_id for e in make_plan(mixed_profiles(), cfg, s).entries if e.p == 0.5)
+                  for s in range(8)}
     assert tie_orders == {("m1", "m2"), ("m2", "m1")}
     assert make_plan(mixed_profiles(), cfg, 1) == plan
 
@@ -179,3 +188,15 @@ def test_plan_roundtrip_through_json():
 def test_duplicate_ids_rejected():
     with pytest.raises(ValueError, match="prompt ids must be unique"):
         make_plan([prof("a", 1, 2), prof("a", 1, 2)], PlanConfig(), 0)
+
+
+def test_budgeted_plan_splits_each_step_budget_by_the_profile_posteriors_and_round_trips():
+    cfg = PlanConfig(n_min=2, n_max=16, step_rollout_budget=20, allocation="budgeted")
+    plan = make_plan(mixed_profiles(), cfg, seed=3)
+    steps = list(plan.schedule(prompts_per_step=3))
+    post = {e.prompt_id: e.posterior for e in plan.entries}
+    for step in steps:
+        sizes = [n for _, n in step]
+        assert sum(sizes) <= 20 and sizes == budgeted_sizes([post[pid] for pid, _ in step], 20, 2, 16)
+    assert post["h"] == (3.0, 7.0)  # the profile's Beta(1 + s, 1 + k - s)
+    assert type(plan).from_dict(json.loads(json.dumps(plan.to_dict()))) == plan

@@ -20,15 +20,17 @@ def local_engine(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def servers(tiny_model_dir, tmp_path_factory):
-    """Two `sgpo serve` processes started side by side (imports dominate start-up time):
-    'main' for the API tests and 'victim' for the crash test, which kills it."""
+    """Three `sgpo serve` processes started side by side (imports dominate start-up time): 'main' (with SGLang's
+    memory-saver and deterministic-inference flags) and 'plain' (without, as SGLang on a CPU) for the API tests,
+    and 'victim' for the crash test, which kills it."""
     from megatron_sgpo.rollout.launcher import SGLangLauncher
 
     logs = tmp_path_factory.mktemp("server_logs")
+    flags = {"main": True, "plain": False, "victim": True}
     launchers = {
-        name: SGLangLauncher.sgpo(tiny_model_dir, free_port(), extra_args=["--threads", "1"],
-                                  log_path=str(logs / f"{name}.log")).start(wait=False)
-        for name in ("main", "victim")
+        name: SGLangLauncher.sgpo(tiny_model_dir, free_port(), enable_memory_saver=on, deterministic=on,
+                                  extra_args=["--threads", "1"], log_path=str(logs / f"{name}.log")).start(wait=False)
+        for name, on in flags.items()
     }
     try:
         for launcher in launchers.values():

@@ -7,7 +7,18 @@ from megatron_sgpo.platform.dist import free_port  # noqa: F401  (used by the ro
 VOCAB = 256
 
 
-def build_tiny_model(path: str, seed: int = 0, **overrides) -> str:
+def teacher_forced_logprobs(model, prompt, completion, temperature):
+    """The engine contract's log-probs, from one forward pass: log_softmax(logits / T) (greedy: T = 1)."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1: -1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def build_tiny_model(path: str, seed: int = 0, eos_token: str | None = "</s>", **overrides) -> str:
+    """A random 2-layer Llama; `eos_token=None` gives a tokenizer without EOS (SGLang stops on the tokenizer's)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -24,6 +35,6 @@ def build_tiny_model(path: str, seed: int = 0, **overrides) -> str:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(path)
+                            eos_token=eos_token).save_pretrained(path)
     return path
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from megatron_sgpo.rollout.engine import EngineError, SamplingParams
-from megatron_sgpo.rollout.launcher import SGLangLauncher, ServerLaunchError
+from megatron_sgpo.rollout.launcher import ServerLaunchError, SGLangLauncher
 from megatron_sgpo.rollout.sglang import SGLangClient
 
 GOOD = {"text": "", "output_ids": [7], "meta_info": {
@@ -105,7 +105,8 @@ def test_slow_server_times_out_then_retry_succeeds(stub_factory):
     out = client.generate([[1]], [1], P)
     assert out[0][0].token_ids == [7] and out[0][0].logprobs == [-0.25]
     assert stub.calls == 3 and client.attempts == 3
-    assert len(set(stub.rids)) == 3 and stub.aborted == stub.rids[:2]  # abandoned attempts were aborted
+    rids = [rid for sent in stub.rids for rid in sent]  # one rid per sample: the list of a request's copies
+    assert len(set(rids)) == 3 and stub.aborted == rids[:2]  # abandoned attempts were aborted
 
 
 @pytest.mark.timeout(30)
@@ -173,3 +174,15 @@ def test_sglang_command_line_uses_its_flag_names():
                  "--port 30001", "--host 127.0.0.1", "--weight-version 0"]:
         assert flag in s
     assert L.url == "http://127.0.0.1:30001"
+
+
+def test_sglang_defaults_are_the_flags_the_client_relies_on():
+    """Seeds need --enable-deterministic-inference, release needs --enable-memory-saver, integer versions need
+    --weight-version: on by default. The CPU preset leaves out the first two (SGLang refuses them there)."""
+    gpu = SGLangLauncher.sglang("/m", 30001).argv
+    assert {"--enable-deterministic-inference", "--enable-memory-saver"} <= set(gpu)
+    assert gpu[gpu.index("--weight-version") + 1] == "0"
+    cpu = SGLangLauncher.sglang("/m", 30001, device="cpu")
+    assert not {"--enable-deterministic-inference", "--enable-memory-saver"} & set(cpu.argv)
+    assert cpu.argv[cpu.argv.index("--attention-backend") + 1] == "torch_native"
+    assert cpu.env["SGLANG_USE_CPU_ENGINE"] == "1"

@@ -9,18 +9,11 @@ import torch
 from megatron_sgpo.rollout.engine import EngineError, SamplingParams
 from megatron_sgpo.rollout.local import LocalEngine
 
+from .helpers import teacher_forced_logprobs
+
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]]
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def teacher_forced_logprobs(model, prompt, completion, temperature):
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
 def test_per_prompt_n_is_respected(local_engine):

@@ -1,12 +1,13 @@
 """torchrun worker: the RL update's options on the real megatron model (gloo), one scenario per call.
 
-Usage: rl_update_worker.py --hf DIR --out FILE SCENARIO [--kind ppo]
+Usage: rl_update_worker.py --hf DIR --out FILE SCENARIO [--kind ppo] [--tp T]
   minibatch  one rollout batch in 4 PPO mini-batches (4 optimizer steps): final weights, clipping, steps
   kl         a frozen reference and the KL term: KL at step 0, KL after updates, reference unchanged, and the
              megatron gradient of the KL term against autograd through an explicit computation
   lr         the learning rate each optimizer step used under warmup + cosine decay
   mismatch   engine log-probs from a perturbed copy of the policy: the logged mismatch and the TIS weights
-Rank 0 saves a dict of results.
+The policy is built as ``sgpo train`` builds it (no random init: the HF weights overwrite everything), so TP > 1
+also checks that megatron still tags the sharded weights its grad norm reads. Rank 0 saves a dict of results.
 """
 import argparse
 
@@ -19,6 +20,7 @@ from megatron_sgpo.algo.loss import LossConfig, kl_penalty
 from megatron_sgpo.algo.mismatch import MismatchConfig
 from megatron_sgpo.algo.samples import StepSamples
 from megatron_sgpo.batch import CostModel
+from megatron_sgpo.model.build import ModelOptions
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.mapping import global_names
 from megatron_sgpo.platform.dist import init_parallel
@@ -129,18 +131,19 @@ def main():
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--kind", default="ppo")
+    p.add_argument("--tp", type=int, default=1)
     p.add_argument("scenario", choices=["minibatch", "kl", "lr", "mismatch"])
     a = p.parse_args()
     torch.set_num_threads(1)
-    dp = init_parallel(ParallelLayout(), seed=1)
-    layout = ParallelLayout(dp=dp)
+    dp = init_parallel(ParallelLayout(tp=a.tp), seed=1)
+    layout = ParallelLayout(tp=a.tp, dp=dp)
     from megatron.core import parallel_state
 
     dp_rank = parallel_state.get_data_parallel_rank()
     hf = HFCheckpoint(a.hf)
     optim = OptimConfig(lr=1e-2) if a.scenario != "lr" else OptimConfig(
         lr=1e-3, lr_warmup_steps=2, lr_decay_style="cosine", lr_decay_steps=6, min_lr=1e-4)
-    policy = Policy(hf.config, layout, dp, optim=optim, total_steps=8)
+    policy = Policy(hf.config, layout, dp, options=ModelOptions(init_weights=False), optim=optim, total_steps=8)
     policy.load_hf(hf)
     if a.scenario == "minibatch":
         result = minibatch(policy, layout, dp_rank, a.kind)
