@@ -15,7 +15,8 @@ greedy evaluation every ``--eval-every`` steps on ``--eval-size`` held-out promp
   reaching it on k/N seeds, without a ratio.
 
 Writes ``OUT/results.md`` (the table), ``OUT/results.json`` and ``OUT/curves.png`` (accuracy against compute,
-mean and range across seeds, every method). Finished runs (those with a summary.json) are not rerun.
+mean and range across seeds, every method). Finished runs (those with a summary.json) are not rerun; an
+unfinished one starts over.
 
     python benchmarks/sgpo_vs_grpo.py --seeds 0 1 2 3 4 --steps 150 --out runs/sgpo_vs_grpo
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +51,7 @@ def run(method: str, seed: int, args) -> dict:
     out = os.path.join(args.out, f"{method}-seed{seed}")
     summary = os.path.join(out, "summary.json")
     if not os.path.exists(summary):
+        shutil.rmtree(out, ignore_errors=True)  # an unfinished run (killed benchmark) starts over
         cmd = [sys.executable, "-m", "megatron_sgpo.cli", "quickstart", f"run.output_dir={out}", f"run.seed={seed}",
                f"data.size={args.prompts}", f"data.eval_size={args.eval_size}", f"train.steps={args.steps}",
                f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "train.checkpoint_every=0",

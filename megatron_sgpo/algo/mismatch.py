@@ -57,6 +57,6 @@ def mismatch_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, mask: to
         ratio = torch.exp(d)
         masked = ((ratio < cfg.mask_low) | (ratio > cfg.mask_high)).to(m.dtype) * m
         weights = weights * (1.0 - masked)
-    metrics = {"mismatch_abs_sum": d.abs().sum(), "mismatch_kl_sum": ((torch.exp(d) - 1.0 - d) * m).sum(),
+    metrics = {"mismatch_abs_sum": d.abs().sum(), "mismatch_kl_sum": ((torch.expm1(d) - d) * m).sum(),
                "is_weight_sum": (weights * m).sum(), "masked_tokens": masked.sum()}
     return weights.detach(), metrics

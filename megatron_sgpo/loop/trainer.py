@@ -77,12 +77,13 @@ class Trainer:
         return steps[: t.steps]
 
     # ------------------------------------------------------------------ one step
-    def _group_sizes(self, step_entries) -> list[int]:
-        """The plan's sizes, or with online posteriors the sizes the current posteriors give."""
+    def _group_sizes(self, step_entries, budgeted: bool = True) -> list[int]:
+        """The plan's sizes, or with online posteriors the sizes the current posteriors give (split over the step
+        budget with ``plan.allocation=budgeted``, unless ``budgeted`` is False, as for refill prompts)."""
         if not self.tracker:
             return [n for _, n in step_entries]
         plan = self.cfg.plan
-        if plan.allocation == "budgeted":
+        if budgeted and plan.allocation == "budgeted":
             return budgeted_sizes([self.tracker.posterior(pid) for pid, _ in step_entries], plan.step_rollout_budget,
                                   plan.n_min, plan.n_max)
         return [self.tracker.group_size(pid) if pid in self.seen else n for pid, n in step_entries]
@@ -97,7 +98,7 @@ class Trainer:
         self._refilled |= {e.prompt_id for e in picked}
         if not picked:
             return []
-        ns = self._group_sizes([(e.prompt_id, e.n) for e in picked])
+        ns = self._group_sizes([(e.prompt_id, e.n) for e in picked], budgeted=False)
         seed = (self.cfg.run.seed * 100003 + self.step) * 64 + rnd + 1
         return self.parts.runner.run([self.parts.by_id[e.prompt_id] for e in picked], ns,
                                      self.cfg.rollout.sampling(seed=seed))

@@ -24,6 +24,20 @@ class ServerLaunchError(EngineError):
     """The server process exited or never became healthy."""
 
 
+def _die_with_launcher(parent_pid: int):
+    """preexec_fn: the server gets SIGKILL when the process that launched it dies, however it dies (Linux
+    PR_SET_PDEATHSIG), so a killed trainer or test run leaves no server behind; SGLang's own workers already
+    die with its main process. The signal follows the launching *thread*: start servers from a long-lived one."""
+    def arm() -> None:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the launcher died before the signal was armed
+            os._exit(1)
+
+    return arm if sys.platform.startswith("linux") else None
+
+
 class SGLangLauncher:
     """Owns one server process: argv, log ring buffer (+ optional log file), health wait, stop."""
 
@@ -89,7 +103,8 @@ class SGLangLauncher:
             raise ServerLaunchError(f"server for {self.url} already started")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True, text=True, errors="replace", bufsize=1)
+                                      start_new_session=True, text=True, errors="replace", bufsize=1,
+                                      preexec_fn=_die_with_launcher(os.getpid()))
         self._reader = threading.Thread(target=self._pump, daemon=True, name=f"log {self.url}")
         self._reader.start()
         if wait:

@@ -21,6 +21,14 @@ def test_metrics_by_hand_and_no_correction_by_default():
     assert not MismatchConfig().corrects
 
 
+def test_kl_metric_stays_accurate_in_fp32_for_tiny_mismatches():
+    """exp(d) - 1 - d in fp32 is rounding noise at |d| ~ 1e-4 (engines that agree to 1e-5 per token); the
+    metric must still read d^2/2."""
+    d = torch.full((1, 64), 1e-4, dtype=torch.float32)
+    _, m = mismatch_weights(d, torch.zeros_like(d), torch.ones_like(d), MismatchConfig())
+    assert m["mismatch_kl_sum"].item() == pytest.approx(64 * 1e-8 / 2, rel=1e-3)
+
+
 def test_token_level_truncated_importance_weights():
     w, m = mismatch_weights(OLD, ENGINE, MASK, MismatchConfig(tis="token", tis_cap=1.5))
     expect = [[min(math.exp(0.5), 1.5), math.exp(-1.0), 1.0], [1.0, math.exp(-2.0)]]

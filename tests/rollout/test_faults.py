@@ -153,6 +153,28 @@ def test_launcher_reports_early_death_with_output():
         L.start(timeout_s=20)
 
 
+@pytest.mark.timeout(60)
+def test_a_server_dies_with_the_process_that_launched_it():
+    """SIGKILL of the launching process (a trainer, a test run) leaves no server behind, although the server runs
+    in its own session (so that stop() can kill its whole process group)."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    script = ("import sys, time; from megatron_sgpo.rollout.launcher import SGLangLauncher; "
+              "L = SGLangLauncher([sys.executable, '-c', 'import time; time.sleep(120)'], 'http://127.0.0.1:9'); "
+              "L.start(wait=False); print(L.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server = psutil.Process(int(parent.stdout.readline()))
+    assert server.is_running() and server.ppid() == parent.pid
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    server.wait(timeout=10)  # raises psutil.TimeoutExpired if the server outlives its launcher
+    assert not psutil.pid_exists(server.pid) or server.status() == psutil.STATUS_ZOMBIE
+
+
 @pytest.mark.timeout(30)
 def test_launcher_times_out_and_stops_the_process():
     L = SGLangLauncher([sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"],
