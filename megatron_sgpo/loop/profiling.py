@@ -35,10 +35,6 @@ def _load_partial(path: str) -> dict:
     return done
 
 
-def _same_rule(saved, rule) -> bool:
-    return saved == (None if rule is None else json.loads(json.dumps(rule)))  # tuples come back as lists
-
-
 def _sample_chunk(parts, cfg: RunConfig, items, seed: int) -> list[dict]:
     """One row per prompt: k samples at once, or (profile.sequential) rounds until the posterior decides."""
     k, runner = cfg.profile.k, parts.runner
@@ -76,10 +72,11 @@ def run_profiling(parts, cfg: RunConfig, out_dir: str) -> tuple[list[PromptProfi
     chunks = [(start, parts.items[start : start + size]) for start in range(0, len(parts.items), size)]
     seed = {start: cfg.run.seed * 7919 + start for start, _ in chunks}
     done = _load_partial(partial)
-    rule = vars(cfg.profile.rule()) if cfg.profile.sequential else None
+    # as the rows store it (JSON turns the prior's tuple into a list), so saved rows compare equal
+    rule = json.loads(json.dumps(vars(cfg.profile.rule()))) if cfg.profile.sequential else None
     finished = {start for start, items in chunks
                 if all(done.get(it.id, {}).get("seed") == seed[start] and done[it.id].get("k") == k
-                       and _same_rule(done[it.id].get("rule"), rule) for it in items)}
+                       and done[it.id].get("rule") == rule for it in items)}
     with open(partial, "a") as f, tqdm(total=len(parts.items), desc="profile",
                                        initial=sum(len(items) for start, items in chunks if start in finished)) as bar:
         for start, items in chunks:
