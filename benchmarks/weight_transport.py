@@ -53,7 +53,7 @@ def measure_transport(client, kind: str, tensors: list, bucket_bytes: int, reps:
 
     if kind == "broadcast":
         client.weight_sync = "distributed"
-        client.init_weights_update_group("127.0.0.1", free_port(), world_size=2, backend="gloo")
+        client.init_weights_update_group("127.0.0.1", free_port(), backend="gloo")
         tensors = [(n, t.cpu()) for n, t in tensors]
     else:
         client.weight_sync = "tensor"

@@ -96,6 +96,7 @@ class ProfileSection:
 class RolloutSection:
     engine: str = "local"  # a rollout.engine.ENGINES name (local | sglang | serve | vllm) or package.module:factory
     url: str = ""
+    urls: tuple = ()  # several servers (sglang | serve), dispatched per prompt by rollout.fleet.EngineFleet
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -103,7 +104,8 @@ class RolloutSection:
     stop: tuple = ()
     bucket_mb: int = 256  # weight-sync bucket size
     tp_size: int = 1  # the SGLang server's --tp-size (weights are sent once per engine TP rank)
-    weight_sync: Literal["tensor", "distributed"] = "tensor"
+    # how trained weights reach engine servers: shared-memory / CUDA-IPC handles, a broadcast group, or files
+    weight_sync: Literal["tensor", "distributed", "disk"] = "tensor"
     release_memory: bool = True  # free the engine's GPU memory while the trainer runs (colocated)
     # per-step sampling seeds (reproducible rollouts); false for an engine that cannot honour them (SGLang on a CPU)
     seeded: bool = True
@@ -203,9 +205,10 @@ def _check_run(cfg: RunConfig) -> None:
         if cfg.grsp.coef > 0 and cfg.grsp.target == "advantage":
             _refuse("loss.kl_in", "'reward' recomputes the advantages from rewards, which would drop a GRSP penalty "
                                   "applied to the advantage (grsp.target=advantage); use grsp.target=reward")
-    if cfg.rollout.weight_sync == "distributed":
-        _refuse("rollout.weight_sync", "'distributed' is not wired into the loop yet (the trainer-engine broadcast "
-                                       "group is never created); use 'tensor'")
+    if cfg.rollout.weight_sync != "tensor" and cfg.rollout.engine in ("local", "vllm"):
+        _refuse("rollout.weight_sync", f"'{cfg.rollout.weight_sync}' sends weights to engine servers; "
+                                       f"rollout.engine={cfg.rollout.engine} runs inside rank 0 and takes the tensors "
+                                       f"directly (use 'tensor')")
     if cfg.model.parallel.cp > 1:
         _refuse("model.parallel.cp", "context parallelism is not implemented: micro-batches are not split over "
                                      "context-parallel ranks (and megatron's local attention on CPU cannot shard a "
@@ -233,8 +236,17 @@ def _check_run(cfg: RunConfig) -> None:
         _refuse("rollout.top_k" if cfg.rollout.top_k != -1 else "rollout.top_p",
                 "vLLM renormalises over the top-k/top-p support its log-probs, which the loss needs untruncated "
                 "(docs/rollout.md); use top_k=-1 and top_p=1 with rollout.engine=vllm")
-    if cfg.rollout.engine in ("sglang", "serve") and not cfg.rollout.url:
-        _refuse("rollout.url", f"rollout.engine={cfg.rollout.engine} talks to a server at rollout.url, which is empty")
+    if cfg.rollout.url and cfg.rollout.urls:
+        _refuse("rollout.urls", "set rollout.url (one server) or rollout.urls (several), not both")
+    if cfg.rollout.urls and cfg.rollout.engine in ("local", "vllm"):
+        _refuse("rollout.urls", f"rollout.engine={cfg.rollout.engine} runs in-process and talks to no server; "
+                                f"use rollout.engine=sglang or serve")
+    twice = sorted({u for u in cfg.rollout.urls if cfg.rollout.urls.count(u) > 1})
+    if twice:
+        _refuse("rollout.urls", f"lists {', '.join(twice)} more than once")
+    if cfg.rollout.engine in ("sglang", "serve") and not (cfg.rollout.url or cfg.rollout.urls):
+        _refuse("rollout.url", f"rollout.engine={cfg.rollout.engine} talks to a server at rollout.url, which is empty "
+                               f"(or to several, listed in rollout.urls)")
     task_verifier = None
     if cfg.data.task != "jsonl":
         try:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -20,9 +21,20 @@ def sgpo_command(nproc: int, args: list[str]) -> list[str]:
             f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", *args]
 
 
+def run_to_files(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with the output read back from files, not pipes: a CPU weight sync through shared-memory
+    handles starts torch_shm_manager, which inherits the ranks' stdout and lives as long as an engine holds the
+    memory, so a pipe would never reach its end."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(cmd, stdout=out, stderr=err, text=True, timeout=timeout, env=ENV).returncode
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+
+
 def sgpo(nproc: int, args: list[str], expect_ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run ``sgpo ARGS``; with ``expect_ok``, raise with its output unless it succeeds."""
-    proc = subprocess.run(sgpo_command(nproc, args), capture_output=True, text=True, timeout=timeout, env=ENV)
+    proc = run_to_files(sgpo_command(nproc, args), timeout)
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"sgpo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
@@ -69,7 +81,7 @@ def torchrun(worker: str, nproc: int, args: list[str], timeout: int = 300) -> No
         "--master-addr=127.0.0.1", f"--master-port={free_port()}",
         os.path.join(WORKERS, worker), *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    proc = run_to_files(cmd, timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")

@@ -7,7 +7,8 @@ from megatron_sgpo.config import ConfigError, check_platform, load_config
 @pytest.mark.parametrize("overrides, key, why", [
     (["loss.kl_coef=0.1", "loss.kl_in=reward", "selection.cost_aware=true"], "loss.kl_in", "importance-weighted"),
     (["loss.kl_coef=0.1", "loss.kl_in=reward", "grsp.coef=0.1"], "loss.kl_in", "grsp.target=reward"),
-    (["rollout.weight_sync=distributed"], "rollout.weight_sync", "not wired into the loop"),
+    (["rollout.weight_sync=distributed"], "rollout.weight_sync", "rollout.engine=local runs inside rank 0"),
+    (["rollout.engine=vllm", "rollout.weight_sync=disk"], "rollout.weight_sync", "rollout.engine=vllm runs inside"),
     (["model.parallel.cp=2"], "model.parallel.cp", "context parallelism is not implemented"),
     (["online.enabled=true", "run.mode=grpo"], "online.enabled", "only run.mode=sgpo makes"),
     (["selection.refill=true"], "selection.refill", "set selection.zero_variance=true"),
@@ -16,6 +17,12 @@ from megatron_sgpo.config import ConfigError, check_platform, load_config
     (["profile.sequential=true", "run.mode=grpo"], "profile.sequential", "run.mode=grpo does not profile"),
     (["rollout.engine=vllm", "rollout.top_p=0.9"], "rollout.top_p", "renormalises over the top-k/top-p support"),
     (["rollout.engine=sglang"], "rollout.url", "rollout.url, which is empty"),
+    (["rollout.engine=serve", "rollout.url=http://a:1", "rollout.urls=[http://b:1]"], "rollout.urls",
+     "set rollout.url .* or rollout.urls .*, not both"),
+    (["rollout.engine=local", "rollout.urls=[http://a:1]"], "rollout.urls", "rollout.engine=local runs in-process"),
+    (["rollout.engine=vllm", "rollout.urls=[http://a:1]"], "rollout.urls", "rollout.engine=vllm runs in-process"),
+    (["rollout.engine=sglang", "rollout.urls=[http://a:1, http://b:1, http://a:1]"], "rollout.urls",
+     "lists http://a:1 more than once"),
     (["data.task=jsonl"], "data.train_file", "data.train_file, which is empty"),
     (["data.task=tests_no_such_module:TASK"], "data.task", "cannot import 'tests_no_such_module'"),
     (["data.verifier=megatron_sgpo.tasks.verifiers:NoSuch"], "data.verifier", "has no attribute 'NoSuch'"),
@@ -46,6 +53,8 @@ def test_the_refused_settings_load_when_set_to_what_runs():
                              "optim.distributed_optimizer=true", "train.checkpoint_every=0",
                              "rollout.engine=sglang", "rollout.url=http://127.0.0.1:1"])
     assert cfg.optim.distributed_optimizer and cfg.rollout.engine == "sglang"
+    several = load_config(None, ["rollout.engine=serve", "rollout.urls=[http://127.0.0.1:1, http://127.0.0.1:2]"])
+    assert several.rollout.urls == ("http://127.0.0.1:1", "http://127.0.0.1:2") and not several.rollout.url
 
 
 @pytest.mark.parametrize("old, new", [

@@ -11,8 +11,11 @@ train     training FLOPs / (GPUs * peak * MFU) * (1 + (PP-1)/(m*VPP)) + tensor-p
           (per layer and pass, two all-reduce equivalents of the hidden states, 2(t-1)/t * 2h bytes
           per token each, over NVLink, not overlapped) + DP gradient reduction per optimizer step
           (ring; reduce-scatter + all-gather with the distributed optimizer).
-sync      engine GPU's share of bf16 weights over NVLink (colocated, model-parallel group inside a
-          node) or the inter-node fabric, plus a fixed cost per sync.
+sync      per-stage senders (weights/sync.py): each stage's sender gathers its TP shards (NVLink) and sends
+          its stage, bf16, once (a broadcast reaches every engine); every engine GPU receives the whole model
+          (full tensors; it slices its TP share). Stages send in parallel, so one engine GPU's receive of the
+          whole model bounds it after the gather: NVLink when colocated inside a node (CUDA IPC), the
+          inter-node fabric otherwise; plus a fixed cost per sync.
 offload   colocated only: training state to host and back (when configured).
 profile   k samples for every dataset prompt, once, divided over the run's steps.
 Pipeline point-to-point and context-parallel KV exchange are left inside the MFU assumption.
@@ -160,19 +163,23 @@ def step_time(model: ModelShape, cl: ClusterSpec, w: WorkloadSpec, setup: TrainS
     train = (flops / (gpus * peak * cl.train_mfu) * bubble
              + tp_comm_seconds(model, cl, lay, tokens, tp_passes)
              + opt_steps * dp_comm_seconds(cl, setup, mem.params))
-    share = BYTES_PARAM * model.total_params() / eng.tp
+    sync = sync_seconds(model, cl, lay, place.colocated)
     if place.colocated:
-        inside = lay.tp * lay.pp * lay.cp <= cl.gpus_per_node
-        bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
-        sync = share / bw + cl.sync_fixed_s
         offload = 2 * mem.static / (cl.host_GBps * 1e9) if w.offload_training_when_colocated else 0.0
     else:
-        recv = share / (cl.internode_GBps * 1e9)
-        send = BYTES_PARAM * model.total_params() * eng.engines / (gpus * cl.internode_GBps * 1e9)
-        sync = max(recv, send) + cl.sync_fixed_s
         offload = 0.0
     return StepTime(rollout=rollout_s, logprob=logprob, train=train, sync=sync, offload=offload,
                     profile=profile_s)
+
+
+def sync_seconds(model: ModelShape, cl: ClusterSpec, lay: ParallelLayout, colocated: bool) -> float:
+    """One weight sync over the per-stage senders (see the module docstring)."""
+    full = BYTES_PARAM * model.total_params()
+    stage = full / lay.pp
+    gather = (lay.tp - 1) / lay.tp * stage / (cl.nvlink_GBps * 1e9)
+    inside = colocated and lay.tp * lay.pp * lay.cp <= cl.gpus_per_node
+    bw = (cl.nvlink_GBps if inside else cl.internode_GBps) * 1e9
+    return gather + full / bw + cl.sync_fixed_s
 
 
 def profile_seconds(model: ModelShape, cl: ClusterSpec, w: WorkloadSpec, eng: EngineLayout,

@@ -30,7 +30,7 @@ from megatron_sgpo.model.flops import logprob_flops, training_flops
 from megatron_sgpo.platform.dist import run_on_rank0
 from megatron_sgpo.train.policy import NonFiniteLossError
 from megatron_sgpo.train.update import update
-from megatron_sgpo.weights.sync import sync_weights
+from megatron_sgpo.weights.sync import WeightSync
 
 MAX_BAD_STEPS = 3
 
@@ -55,6 +55,10 @@ class Trainer:
             os.makedirs(self.out, exist_ok=True)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
         self.log = RunLog(self.out, enabled=self.rank == 0)
+        r = cfg.rollout
+        self.weights = WeightSync(self.parts.policy.modules(), self.parts.mapping, self.parts.engine, r.weight_sync,
+                                  r.bucket_mb * 2**20, disk_dir=os.path.join(self.out, "weights"),
+                                  side_dir=self.parts.hf_path)
 
     # ------------------------------------------------------------------ plan
     def _make_plan(self) -> None:
@@ -172,8 +176,7 @@ class Trainer:
             self._account_training(samples)
 
     def _sync(self, version: int) -> None:
-        sync_weights(self.parts.policy.modules(), self.parts.mapping, self.parts.engine, version=version,
-                     bucket_bytes=self.cfg.rollout.bucket_mb * 2**20)
+        self.weights.push(version)
 
     def train_one(self, steps: list) -> dict:
         cfg, parts = self.cfg, self.parts
@@ -275,4 +278,5 @@ class Trainer:
             checkpoint.write_json_atomic(os.path.join(self.out, "summary.json"), summary)
             print(report(summary, self.out))
         self.log.close()
+        self.weights.close()
         return summary

@@ -148,6 +148,6 @@ class RolloutEngine(abc.ABC):
 ENGINES = Registry(
     "rollout engine", "a callable (rollout_config, model_path) -> RolloutEngine, e.g. a classmethod from_config",
     builtin={"local": "megatron_sgpo.rollout.local:LocalEngine.from_config",
-             "sglang": "megatron_sgpo.rollout.sglang:SGLangClient.from_config",
-             "serve": "megatron_sgpo.rollout.sglang:SGLangClient.from_config",
+             "sglang": "megatron_sgpo.rollout.fleet:EngineFleet.from_config",
+             "serve": "megatron_sgpo.rollout.fleet:EngineFleet.from_config",
              "vllm": "megatron_sgpo.rollout.vllm:VLLMEngine.from_config"})

@@ -25,11 +25,9 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import requests
-import torch
 from requests.adapters import HTTPAdapter
 
-from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
-from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
+from megatron_sgpo.weights.transports import BroadcastTransport, HandleTransport
 
 from .engine import (Completion, EngineError, NamedTensors, RolloutEngine, SamplingParams, check_generate_args,
                      sample_seed)
@@ -46,8 +44,8 @@ class SGLangClient(RolloutEngine):
     def __init__(self, url: str, launcher: Optional[SGLangLauncher] = None, max_concurrency: int = 32,
                  timeout_s: float = 600.0, connect_timeout_s: float = 5.0, max_retries: int = 3,
                  backoff_s: float = 0.5, tp_size: int = 1, weight_sync: str = "tensor"):
-        if weight_sync not in ("tensor", "distributed"):
-            raise ValueError(f"weight_sync must be 'tensor' or 'distributed', got {weight_sync!r}")
+        if weight_sync not in ("tensor", "distributed", "disk"):
+            raise ValueError(f"weight_sync must be 'tensor', 'distributed' or 'disk', got {weight_sync!r}")
         self.url = url.rstrip("/")
         self.launcher = launcher
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
@@ -64,14 +62,10 @@ class SGLangClient(RolloutEngine):
         self._server_info: Optional[dict] = None
         self._session: Optional[int] = None  # the version of the open weight-update session
         self._warned_release = False
-        self._group = None
+        self._group = None  # BroadcastTransport, after init_weights_update_group
+        self._handles = None  # HandleTransport, made at the first tensor update
         self._closed = False
         self.attempts = 0  # HTTP attempts made, retries included (observable in tests and logs)
-
-    @classmethod
-    def from_config(cls, rollout, model_path: str) -> "SGLangClient":
-        """The ``rollout.engine: sglang`` (and ``serve``) entry: a server already running at ``rollout.url``."""
-        return cls(rollout.url, tp_size=rollout.tp_size, weight_sync=rollout.weight_sync)
 
     # ------------------------------------------------------------------ transport
     def _context(self) -> str:
@@ -181,8 +175,7 @@ class SGLangClient(RolloutEngine):
             raise EngineError(f"{where}: expected {n} completion(s), got {got}")
         return [parse_completion(x, index, where) for x in items]
 
-    def generate(self, prompts, n_per_prompt, params: SamplingParams) -> list[list[Completion]]:
-        check_generate_args(prompts, n_per_prompt)
+    def _check_ready(self, params: SamplingParams) -> None:
         if self._closed:
             raise EngineError(f"SGLangClient for {self.url} is closed")
         seeded = params.seed is not None and not params.greedy
@@ -190,6 +183,16 @@ class SGLangClient(RolloutEngine):
             raise EngineError(f"{self.url} ignores sampling seeds (SGLang honours them only when started with "
                               f"--enable-deterministic-inference, which SGLang 0.5.23 cannot run on a CPU): restart "
                               f"the server with that flag, or sample without a seed (rollout.seeded=false)")
+
+    def generate_group(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
+        """The n samples of one prompt, numbered as prompt `index` of a larger call (its seeds and prompt_index
+        follow that number): the unit an EngineFleet hands to one engine. Runs in the caller's thread."""
+        self._check_ready(params)
+        return self._generate_one(list(prompt), int(n), params, index)
+
+    def generate(self, prompts, n_per_prompt, params: SamplingParams) -> list[list[Completion]]:
+        check_generate_args(prompts, n_per_prompt)
+        self._check_ready(params)
         futures = [self._pool.submit(self._generate_one, p, int(n), params, i) if int(n) > 0 else None
                    for i, (p, n) in enumerate(zip(prompts, n_per_prompt))]
         results = []
@@ -228,50 +231,35 @@ class SGLangClient(RolloutEngine):
         try:
             if self.weight_sync == "tensor":
                 self.update_weights_from_tensor(named_tensors, version)
-            else:
+            elif self.weight_sync == "distributed":
                 self.update_weights_from_distributed(named_tensors, version)
+            else:
+                raise EngineError("weight_sync='disk' reloads a whole folder, not a bucket: the weight sync writes "
+                                  "it and calls update_weights_from_disk")
         finally:
             if own:
                 self.end_weight_update(version)
 
     def update_weights_from_tensor(self, named_tensors: NamedTensors, version: int) -> None:
         """Inside a session (see begin_weight_update); the cache is flushed once, at its end."""
-        items = [(n, t.detach().contiguous()) for n, t in named_tensors]  # kept alive until the reply
-        payload = serialize_named_tensors(items)
-        self.request("POST", "/update_weights_from_tensor",
-                     {"serialized_named_tensors": [payload] * self.tp_size, "weight_version": str(int(version)),
-                      "flush_cache": False}, retry=False)
-        del items
+        if self._handles is None:
+            self._handles = HandleTransport([self])
+        self._handles.send(list(named_tensors), version)
         self._version = int(version)
 
-    def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
-                                  backend: str = "nccl", group_name: str = "weight_update_group",
-                                  rank_offset: int = 1, timeout_s: float = 120.0) -> None:
-        """Create the trainer(rank 0) ↔ engine group; the server joins while this call waits."""
-        body = {"master_address": master_address, "master_port": int(master_port), "rank_offset": rank_offset,
-                "world_size": world_size, "group_name": group_name, "backend": backend}
-        fut = self._pool.submit(self.request, "POST", "/init_weights_update_group", body, timeout_s, False)
-        self._group = (init_weight_group(backend, master_address, master_port, world_size, 0, group_name, timeout_s),
-                       group_name, backend)
-        fut.result()
+    def init_weights_update_group(self, master_address: str, master_port: int, backend: str = "nccl",
+                                  group_name: str = "weight_update_group", timeout_s: float = 120.0) -> None:
+        """Create the group of this process (rank 0) and every rank of this server; the server joins while this
+        call waits. A sync of several engines uses :class:`BroadcastTransport` over all of them instead."""
+        if self._group is not None:
+            self._group.close()
+        self._group = BroadcastTransport([self], backend, master_address, group_name, timeout_s, port=master_port)
 
     def update_weights_from_distributed(self, named_tensors: NamedTensors, version: int) -> None:
         """Inside a session, after init_weights_update_group; one broadcast per tensor, in name order."""
         if self._group is None:
             raise EngineError("update_weights_from_distributed: call init_weights_update_group first")
-        pg, group_name, backend = self._group
-        dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        items = [(n, t.detach().to(dev).contiguous()) for n, t in named_tensors]
-        body = {"names": [n for n, _ in items], "dtypes": [dtype_name(t.dtype) for _, t in items],
-                "shapes": [list(t.shape) for _, t in items], "group_name": group_name,
-                "weight_version": str(int(version)), "flush_cache": False}
-        fut = self._pool.submit(self.request, "POST", "/update_weights_from_distributed", body, None, False)
-        works = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for _, t in items]
-        while not all(w.is_completed() for w in works):
-            if fut.done() and fut.exception() is not None:  # the server refused: don't wait on a broadcast
-                raise fut.exception()
-            time.sleep(0.002)
-        fut.result()
+        self._group.send(list(named_tensors), version)
         self._version = int(version)
 
     def update_weights_from_disk(self, model_path: str, version: Optional[int] = None) -> None:
@@ -337,7 +325,8 @@ class SGLangClient(RolloutEngine):
         self._closed = True
         self.abort_inflight()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._group is not None:
-            destroy_weight_group(self._group[0])
-            self._group = None
+        for transport in (self._group, self._handles):
+            if transport is not None:
+                transport.close()
+        self._group = self._handles = None
         self.session.close()

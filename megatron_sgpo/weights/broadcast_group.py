@@ -1,9 +1,9 @@
 """A torch.distributed group for weight broadcast that lives beside any default group.
 
-Trainer (rank 0) and engine ranks (rank_offset + tp_rank) meet through a TCP rendezvous on
-`master_address:master_port`, with keys prefixed by the group name — the same rendezvous
-SGLang's `/init_weights_update_group` performs, so the trainer side here also works
-against a real SGLang server. Gloo on CPU, NCCL on GPU.
+A sender (rank 0, hosting the TCP store) and engine ranks (rank_offset + tp_rank) meet at
+`master_address:master_port`, with keys prefixed by the group name — the store SGLang's
+`/init_weights_update_group` connects to, so the sender side here also works against a real
+SGLang server. Gloo on CPU, NCCL on GPU.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def init_weight_group(
 ) -> dist.ProcessGroup:
     """Join (rank > 0) or host (rank 0) a named group; blocks until all ranks arrive."""
     timeout = timedelta(seconds=timeout_s)
-    url = f"tcp://{master_address}:{int(master_port)}"
-    store, rank, world_size = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    # A TCPStore of our own, not c10d.rendezvous: under torchrun, rendezvous assumes the elastic agent hosts
+    # the store (TORCHELASTIC_USE_AGENT_STORE) and rank 0 would wait for a host that never comes.
+    store = dist.TCPStore(master_address, int(master_port), world_size, is_master=rank == 0, timeout=timeout)
     store = c10d.PrefixStore(group_name, store)
     device_id = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
     pg, _ = c10d._new_process_group_helper(

@@ -1,16 +1,24 @@
-"""The weight sync, the one owner of "trained shards → engine": gather, map, bucket, deliver.
+"""The weight sync, the one owner of "trained shards → engines": gather, map, bucket, deliver.
 
-Each pipeline stage turns its own layers into HF tensors: TP shards are all-gathered over the TP
-group, mapped with :class:`WeightMapping` (vocab padding trimmed, fused QKV and gate/up split), and
-cast to the engine's dtype. Only the first TP/DP rank of each stage keeps the result, in host
-memory. Stages other than rank 0's send their tensors to global rank 0, which cuts the stream into
-buckets of at most ``bucket_bytes`` (here, and nowhere else) and hands each bucket to the engine's
-``update_weights``; how a bucket travels (in-process copy, shared-memory tensor handles, a broadcast
-group) is the engine client's transport, in :mod:`megatron_sgpo.weights.tensor_handles` and
-:mod:`megatron_sgpo.weights.broadcast_group`.
+Each pipeline stage turns its own layers into HF tensors on one *sender*, the stage's first TP rank of
+DP replica 0: TP shards are gathered to it (its TP peers only send their shard, so no other rank ever
+holds a full tensor), mapped with :class:`WeightMapping` (vocab padding trimmed, fused QKV and gate/up
+split) and cast to the engine's dtype, on the device the policy lives on.
+
+Engine *servers* (SGLang, ``sgpo serve``, one or several) get each stage straight from its sender through
+a transport of :mod:`megatron_sgpo.weights.transports`; stages send in parallel, and a sender gathers
+bucket k+1 while bucket k is on its way. Rank 0 only opens and closes the engines' weight-update session
+around the senders and checks that every engine serves the new version. An *in-process* engine (the
+local engine, vLLM's ``LLM``) lives in rank 0's memory, so there the stages send to rank 0.
+
+A sync that fails on any sender is retried once from the start (every tensor is resent, after re-creating
+the transports' connections); if it fails again every rank raises :class:`EngineError`, so the run stops
+instead of sampling from a half-updated model.
 """
 from __future__ import annotations
 
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import torch
@@ -18,26 +26,41 @@ import torch.distributed as dist
 
 from megatron_sgpo.model.load import unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
+from megatron_sgpo.rollout.engine import EngineError
 
 Named = list[tuple[str, torch.Tensor]]
+TRANSPORTS = ("tensor", "distributed", "disk")
 
 
-def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor]:
-    from megatron.core import parallel_state
+def _is_sender() -> bool:
+    from megatron.core import parallel_state as ps
 
-    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+
+
+def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor] | None:
+    """All TP shards of ``param`` on the stage's sender (None elsewhere); TP peers only send theirs."""
+    from megatron.core import parallel_state as ps
+
+    tp = ps.get_tensor_model_parallel_world_size()
     if replicated or tp == 1:
-        return [param.detach()]
-    shards = [torch.empty_like(param) for _ in range(tp)]
-    dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
-    return shards
+        return [param.detach()] if ps.get_tensor_model_parallel_rank() == 0 else None
+    group = ps.get_tensor_model_parallel_group()
+    sender = dist.get_global_rank(group, 0)
+    local = param.detach().contiguous()
+    if dist.get_rank() == sender:
+        shards = [torch.empty_like(local) for _ in range(tp)]
+        dist.gather(local, shards, dst=sender, group=group)
+        return shards
+    dist.gather(local, None, dst=sender, group=group)
+    return None
 
 
 def stage_hf_tensors(chunks, mapping: WeightMapping,
                      dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """This stage's parameters as HF (name, full tensor) pairs. Every TP rank must iterate (all-gathers);
-    the values are meaningful on all of them. With tied embeddings the last stage's copy of the output
-    weight is skipped: the first stage sends the embedding, which is the same tensor."""
+    """This stage's parameters as HF (name, full tensor) pairs, yielded on the stage's first TP rank only;
+    its TP peers must iterate too (they send their shards) and get nothing. With tied embeddings the last
+    stage's copy of the output weight is skipped: the first stage sends the embedding, the same tensor."""
     seen = set()
     for chunk in chunks:
         model = unwrap(chunk)
@@ -47,11 +70,12 @@ def stage_hf_tensors(chunks, mapping: WeightMapping,
                 continue
             rule = mapping.rule(name)
             shards = _gather_tp(params[local], rule.kind == "replicated")
+            if shards is None:
+                continue
             for hf_name, tensor in mapping.to_hf(name, shards):
-                if hf_name in seen:
-                    continue
-                seen.add(hf_name)
-                yield hf_name, (tensor.to(dtype) if dtype is not None else tensor).cpu()
+                if hf_name not in seen:
+                    seen.add(hf_name)
+                    yield hf_name, (tensor.to(dtype) if dtype is not None else tensor)
 
 
 def buckets(named, bucket_bytes: int) -> Iterator[Named]:
@@ -70,70 +94,270 @@ def buckets(named, bucket_bytes: int) -> Iterator[Named]:
         yield bucket
 
 
-def _stage_sources() -> list[int]:
-    """Global rank of (pp stage s, tp rank 0, dp rank 0) for every stage s, as seen by all ranks."""
-    from megatron.core import parallel_state
+def _stage_senders() -> list[int]:
+    """Global rank of every stage's sender, in stage order, as seen by all ranks."""
+    from megatron.core import parallel_state as ps
 
-    is_source = (parallel_state.get_tensor_model_parallel_rank() == 0
-                 and parallel_state.get_data_parallel_rank() == 0)
-    stage = parallel_state.get_pipeline_model_parallel_rank()
-    mine = torch.tensor([stage if is_source else -1, dist.get_rank()])
+    stage = ps.get_pipeline_model_parallel_rank()
+    mine = torch.tensor([stage if _is_sender() else -1, dist.get_rank()])
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
-    sources = {int(s): int(r) for s, r in everyone if s >= 0}
-    return [sources[s] for s in sorted(sources)]
+    senders = {int(s): int(r) for s, r in everyone if s >= 0}
+    return [senders[s] for s in sorted(senders)]
 
 
-def collect_on_rank0(chunks, mapping: WeightMapping,
-                     dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """On global rank 0, yield every HF tensor of the model, stage by stage; elsewhere, send and yield nothing.
-
-    All ranks must consume the iterator (it drives the collectives). Data-parallel replicas hold the same
-    weights, so only DP rank 0 of each stage gathers; rank 0's own stage is streamed, other stages' first
-    TP rank sends its tensors to rank 0 point to point.
-    """
-    from megatron.core import parallel_state
+def collect_on_rank0(chunks, mapping: WeightMapping, dtype: torch.dtype | None = None,
+                     held: dict | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """For an in-process engine: on global rank 0 yield every HF tensor, stage by stage; other stages'
+    senders send theirs point to point (counted in ``held["full_tensors"]``). All ranks must consume the
+    iterator (it drives the collectives)."""
+    from megatron.core import parallel_state as ps
 
     rank = dist.get_rank()
-    gathers = parallel_state.get_data_parallel_rank() == 0
-    stage = parallel_state.get_pipeline_model_parallel_rank()
-    for s, src in enumerate(_stage_sources()):
+    in_stage = ps.get_data_parallel_rank() == 0
+    stage = ps.get_pipeline_model_parallel_rank()
+    for s, src in enumerate(_stage_senders()):
         if rank == src == 0:
             yield from stage_hf_tensors(chunks, mapping, dtype)
         elif rank == src:
             local = list(stage_hf_tensors(chunks, mapping, dtype))
+            if held is not None:
+                held["full_tensors"] += len(local)
             dist.send_object_list([[(n, t.shape, t.dtype) for n, t in local]], dst=0)
             for _, tensor in local:
                 dist.send(tensor.contiguous(), dst=0)
-        elif gathers and stage == s:  # a TP peer of this stage's source: take part in its all-gathers
+        elif in_stage and stage == s:  # a TP peer of this stage's sender: send it our shards
             for _ in stage_hf_tensors(chunks, mapping, dtype):
                 pass
         elif rank == 0:
             meta = [None]
             dist.recv_object_list(meta, src=src)
             for name, shape, tdtype in meta[0]:
-                buf = torch.empty(shape, dtype=tdtype)
+                buf = torch.empty(shape, dtype=tdtype, device=_device())
                 dist.recv(buf, src=src)
                 yield name, buf
 
 
-def sync_weights(chunks, mapping: WeightMapping, engine, version: int, bucket_bytes: int = 256 * 2**20,
-                 dtype: torch.dtype | None = None) -> dict:
-    """Push the policy's current weights to ``engine`` (on global rank 0). Returns bytes and tensor counts."""
-    sent = {"bytes": 0, "tensors": 0, "buckets": 0}
-    named = collect_on_rank0(chunks, mapping, dtype)
-    if dist.get_rank() != 0:
-        for _ in named:
-            pass
-        return sent
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
+
+def _servers(engine) -> list | None:
+    """The engine servers behind ``engine`` as (url, tp_size), or None for an in-process engine."""
+    if engine is None:
+        return None
+    clients = getattr(engine, "clients", None)
+    if clients is None and hasattr(engine, "url") and hasattr(engine, "request"):
+        clients = [engine]
+    if clients is None:
+        return None
+    live = set(id(c) for c in engine.live()) if hasattr(engine, "live") else None
+    return [(c.url, c.tp_size) for c in clients if live is None or id(c) in live]
+
+
+def _address_towards(urls: list[str]) -> str:
+    """The address engines reach this sender at: loopback when they all run on this host."""
+    from urllib.parse import urlparse
+
+    hosts = {urlparse(u).hostname for u in urls}
+    if hosts <= {"127.0.0.1", "localhost"}:
+        return "127.0.0.1"
+    return socket.gethostbyname(socket.gethostname())
+
+
+class WeightSync:
+    """Collective, built once per run on every rank: ``push(version)`` puts the policy into the engine(s).
+
+    ``engine`` is rank 0's RolloutEngine (None elsewhere). ``transport`` (rollout.weight_sync) applies to
+    engine servers: "tensor" (shared-memory/CUDA-IPC handles), "distributed" (broadcast group) or "disk"
+    (safetensors files in ``disk_dir``, reloaded by the engines; ``side_dir`` gives config and tokenizer)."""
+
+    def __init__(self, chunks, mapping: WeightMapping, engine, transport: str = "tensor",
+                 bucket_bytes: int = 256 * 2**20, dtype: torch.dtype | None = None, disk_dir: str = "",
+                 side_dir: str = ""):
+        from megatron.core import parallel_state as ps
+
+        if transport not in TRANSPORTS:
+            raise ValueError(f"weight transport must be one of {TRANSPORTS}, got {transport!r}")
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+        self.chunks, self.mapping, self.engine, self.transport_name = chunks, mapping, engine, transport
+        self.bucket_bytes, self.dtype, self.disk_dir, self.side_dir = bucket_bytes, dtype, disk_dir, side_dir
+        self.rank = dist.get_rank()
+        self.stage = ps.get_pipeline_model_parallel_rank()
+        box = [_servers(engine) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        self.servers = box[0]
+        self.remote = self.servers is not None
+        if not self.remote and transport != "tensor":
+            raise ValueError(f"weight transport {transport!r} needs engine servers; an in-process engine takes the "
+                             f"tensors directly (use 'tensor')")
+        if transport == "disk" and not disk_dir:
+            raise ValueError("weight transport 'disk' needs a folder shared with the engines (disk_dir)")
+        self.senders = _stage_senders()
+        self.sender = self.remote and self.rank in self.senders
+        self._transport = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sync-send") if self.sender else None
+        error = None
+        if self.sender:
+            try:
+                self._transport = self._make_transport()
+            except Exception as exc:  # noqa: BLE001  every rank must learn of it (collective below)
+                error = exc
+        self._agree(error, "weight sync set-up")
+
+    def _make_transport(self):
+        from megatron_sgpo.rollout.sglang import SGLangClient
+        from megatron_sgpo.weights.transports import BroadcastTransport, DiskTransport, HandleTransport
+
+        clients = [SGLangClient(url, tp_size=tp) for url, tp in self.servers]
+        if self.transport_name == "tensor":
+            return HandleTransport(clients)
+        if self.transport_name == "disk":
+            return DiskTransport(clients, self.disk_dir, self.stage)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        return BroadcastTransport(clients, backend, _address_towards([u for u, _ in self.servers]),
+                                  group_name=f"sgpo_stage{self.stage}")
+
+    # ------------------------------------------------------------------ one sync
+    def push(self, version: int) -> dict:
+        """Collective: every rank calls it after the optimizer step. Returns this rank's counts, including
+        ``full_tensors`` (how many full HF tensors this rank held: zero unless it is a sender or rank 0 of an
+        in-process engine)."""
+        if not self.remote:
+            return self._push_in_process(version)
+        for attempt in (1, 2):
+            stats, error = self._attempt(version)
+            failed = self._errors(error)
+            if not failed:
+                self._check_versions(version)
+                return stats
+            if attempt == 1:
+                if self.sender:
+                    self._transport.reconnect()
+                continue
+        raise EngineError(f"weight sync to version {version} failed twice; engines may hold a partial update and "
+                          f"must not serve: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
+
+    def _attempt(self, version: int) -> tuple[dict, Exception | None]:
+        from megatron_sgpo.weights.transports import DiskTransport
+
+        session = self.transport_name != "disk"
+        error = None
+        if self.rank == 0:
+            try:
+                if session:
+                    self.engine.begin_weight_update(version)
+                else:
+                    DiskTransport.reset(self.disk_dir)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        opened = not self._errors(error)  # senders wait for the session to exist
+        stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
+        if opened:
+            error = self._stream(version, stats)
+            if not self._errors(error) and self.rank == 0 and not session:
+                try:
+                    DiskTransport.publish(self._transport.clients, self.disk_dir, self.side_dir, version)
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            if self.rank == 0 and session:
+                try:
+                    self.engine.end_weight_update(version)
+                except Exception as exc:  # noqa: BLE001
+                    error = error or exc
+        return stats, error
+
+    def _stream(self, version: int, stats: dict) -> Exception | None:
+        """Senders: gather and send bucket by bucket, one bucket in flight; TP peers: send shards."""
+        named = stage_hf_tensors(self.chunks, self.mapping, self.dtype) if self._takes_part() else iter(())
+        if not self.sender:
+            for _ in named:
+                stats["full_tensors"] += 1
+            return None
+        pending, error = None, None
+        try:  # the next bucket's gather overlaps this one's send
+            for bucket in buckets(named, self.bucket_bytes):
+                if pending is not None:
+                    pending.result()
+                pending = self._pool.submit(self._transport.send, bucket, version)
+                stats["buckets"] += 1
+                stats["tensors"] += len(bucket)
+                stats["full_tensors"] += len(bucket)
+                stats["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
+            if pending is not None:
+                pending.result()
+        except Exception as exc:  # noqa: BLE001  the TP peers already finished their gathers with us
+            error = exc
+            for _ in named:  # keep the gathers of the remaining tensors going with the TP peers
+                pass
+        return error
+
+    def _takes_part(self) -> bool:
+        from megatron.core import parallel_state as ps
+
+        return ps.get_data_parallel_rank() == 0
+
+    def _push_in_process(self, version: int) -> dict:
+        held = {"full_tensors": 0}
+        named = collect_on_rank0(self.chunks, self.mapping, self.dtype, held)
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return {"bytes": 0, "tensors": 0, "buckets": 0, **held}
+        return deliver(self.engine, named, version, self.bucket_bytes)
+
+    def _check_versions(self, version: int) -> None:
+        error = None
+        if self.rank == 0 and hasattr(self.engine, "check_versions"):
+            try:
+                self.engine.check_versions(version)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        self._agree(error, "weight version check")
+
+    # ------------------------------------------------------------------ agreement
+    def _errors(self, error: Exception | None) -> list[tuple[int, str]]:
+        """Collective: every rank's error, so all ranks take the same branch."""
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, None if error is None else f"{type(error).__name__}: {error}")
+        return [(r, e) for r, e in enumerate(everyone) if e]
+
+    def _agree(self, error: Exception | None, what: str) -> None:
+        failed = self._errors(error)
+        if failed:
+            raise EngineError(f"{what} failed: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def sync_weights(chunks, mapping: WeightMapping, engine, version: int, bucket_bytes: int = 256 * 2**20,
+                 dtype: torch.dtype | None = None, transport: str = "tensor", **kw) -> dict:
+    """One sync through a :class:`WeightSync` made for it (tests, benchmarks); runs keep theirs."""
+    sync = WeightSync(chunks, mapping, engine, transport, bucket_bytes, dtype, **kw)
+    try:
+        return sync.push(version)
+    finally:
+        sync.close()
+
+
+def deliver(engine, named, version: int, bucket_bytes: int) -> dict:
+    """Rank 0 of an in-process engine: the buckets of ``named`` inside one weight-update session, which is
+    closed also when a bucket fails."""
+    stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
     engine.begin_weight_update(version)
     try:
         for bucket in buckets(named, bucket_bytes):
             engine.update_weights(bucket, version=version)
-            sent["buckets"] += 1
-            sent["tensors"] += len(bucket)
-            sent["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
+            stats["buckets"] += 1
+            stats["tensors"] += len(bucket)
+            stats["full_tensors"] += len(bucket)
+            stats["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
     finally:
         engine.end_weight_update(version)
-    return sent
+    return stats

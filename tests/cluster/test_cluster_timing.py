@@ -5,7 +5,7 @@ import pytest
 
 from megatron_sgpo.cluster import ClusterSpec, TrainSetup, load_inputs
 from megatron_sgpo.cluster.spec import workload_from_dict
-from megatron_sgpo.cluster.timing import bubble_fraction, dp_comm_seconds, tp_comm_seconds
+from megatron_sgpo.cluster.timing import bubble_fraction, dp_comm_seconds, sync_seconds, tp_comm_seconds
 from megatron_sgpo.model.flops import ModelShape
 from megatron_sgpo.platform.layout import ParallelLayout
 
@@ -30,6 +30,17 @@ def test_tp_traffic_by_hand_and_zero_without_tp():
     expected = 2 * (2 * 2 * 3 / 4 * 2 * 1000) * 4 * 500 / 400e9
     assert tp_comm_seconds(m, CL, lay, 1000, 2) == pytest.approx(expected)
     assert tp_comm_seconds(m, CL, ParallelLayout(tp=1, pp=2, dp=8), 1000, 2) == 0.0
+
+
+def test_sync_is_a_stage_gather_then_the_whole_model_into_each_engine_gpu():
+    m = ModelShape(hidden=1000, layers=8, heads=8, kv_heads=8, ffn=4000, vocab=100)
+    full = 2 * m.total_params()  # bf16
+    lay = ParallelLayout(tp=4, pp=2, dp=2)
+    gather = 3 / 4 * full / 2 / 400e9  # one stage's TP shards into its sender, over NVLink
+    assert sync_seconds(m, CL, lay, colocated=True) == pytest.approx(gather + full / 400e9 + CL.sync_fixed_s)
+    assert sync_seconds(m, CL, lay, colocated=False) == pytest.approx(gather + full / 50e9 + CL.sync_fixed_s)
+    # more stages shorten each sender's gather; every engine GPU still receives the whole model
+    assert sync_seconds(m, CL, ParallelLayout(tp=4, pp=4, dp=1), False) < sync_seconds(m, CL, lay, False)
 
 
 def test_bubble_shrinks_with_microbatches_and_interleaving():

@@ -157,7 +157,7 @@ def test_update_weights_from_distributed_gloo(server, model_dir):
     weights = _weights(model_dir)
     client = SGLangClient(server.url, launcher=server, timeout_s=120, weight_sync="distributed")
     try:
-        client.init_weights_update_group("127.0.0.1", free_port(), world_size=2, backend="gloo",
+        client.init_weights_update_group("127.0.0.1", free_port(), backend="gloo",
                                          group_name=f"test_group_{uuid.uuid4().hex[:8]}")  # unique per process
         version = client.weight_version + 1
         client.update_weights([("lm_head.weight", torch.zeros_like(weights["lm_head.weight"]))], version=version)

@@ -1,4 +1,4 @@
-"""The weight sync opens one weight update around all buckets of a sync, and closes it when a bucket fails."""
+"""An in-process engine gets one weight update around all buckets of a sync, closed also when a bucket fails."""
 import pytest
 import torch
 
@@ -34,31 +34,27 @@ class Recorder(RolloutEngine):
         return True
 
 
-@pytest.fixture
-def three_tensors(monkeypatch):
-    named = [(n, torch.zeros(4)) for n in "abc"]  # 16 bytes each
-    monkeypatch.setattr(sync, "collect_on_rank0", lambda chunks, mapping, dtype: iter(named))
-    monkeypatch.setattr(sync.dist, "get_rank", lambda: 0)
+def three_tensors():
+    return iter([(n, torch.zeros(4)) for n in "abc"])  # 16 bytes each
 
 
-def test_one_session_around_every_bucket(three_tensors):
+def test_one_session_around_every_bucket():
     engine = Recorder()
-    stats = sync.sync_weights(None, None, engine, version=3, bucket_bytes=32)
+    stats = sync.deliver(engine, three_tensors(), version=3, bucket_bytes=32)
     assert engine.calls == [("begin", 3), ("bucket", ["a", "b"], 3), ("bucket", ["c"], 3), ("end", 3)]
     assert stats["buckets"] == 2 and stats["tensors"] == 3
 
 
-def test_a_failed_bucket_still_ends_the_session(three_tensors):
+def test_a_failed_bucket_still_ends_the_session():
     engine = Recorder(fail_at="c")
     with pytest.raises(RuntimeError, match="bucket refused"):
-        sync.sync_weights(None, None, engine, version=4, bucket_bytes=32)
+        sync.deliver(engine, three_tensors(), version=4, bucket_bytes=32)
     assert engine.calls[0] == ("begin", 4) and engine.calls[-1] == ("end", 4)
 
 
-def test_engines_without_a_session_need_nothing(three_tensors, local_engine, monkeypatch):
+def test_engines_without_a_session_need_nothing(local_engine):
     """The base class's hooks are no-ops: LocalEngine takes the buckets as before."""
     norm = dict(local_engine.model.named_parameters())["model.norm.weight"]
-    monkeypatch.setattr(sync, "collect_on_rank0", lambda chunks, mapping, dtype: iter([("model.norm.weight", norm)]))
     version = local_engine.weight_version + 1
-    sync.sync_weights(None, None, local_engine, version=version)
+    sync.deliver(local_engine, iter([("model.norm.weight", norm)]), version=version, bucket_bytes=2**20)
     assert local_engine.weight_version == version

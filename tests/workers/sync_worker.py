@@ -35,25 +35,43 @@ def engine_logprobs(engine: LocalEngine) -> torch.Tensor:
     return torch.log_softmax(logits, -1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
-def main():
+def parse_layout_args(extra=()):
+    """--hf, --out, --tp, --pp (plus ``extra`` (flag, kwargs) pairs); one thread per rank."""
     p = argparse.ArgumentParser()
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
-    a = p.parse_args()
+    for flag, kwargs in extra:
+        p.add_argument(flag, **kwargs)
     torch.set_num_threads(1)
-    layout = ParallelLayout(tp=a.tp, pp=a.pp)
-    dp = init_parallel(layout, seed=1)
-    from megatron.core import parallel_state
+    return p.parse_args()
 
-    ckpt = HFCheckpoint(a.hf)
+
+def load_policy(hf: str, tp: int, pp: int):
+    """The HF checkpoint as a megatron policy at TP x PP (DP from the world size), Adam at lr 1e-2."""
+    layout = ParallelLayout(tp=tp, pp=pp)
+    dp = init_parallel(layout, seed=1)
+    ckpt = HFCheckpoint(hf)
     policy = Policy(ckpt.config, layout, dp, optim=OptimConfig(lr=1e-2))
     policy.load_hf(ckpt)
-    rng = np.random.default_rng(0)
+    return policy, ckpt, dp
+
+
+def train_step(policy, dp: int, tp: int, pp: int, seed: int = 0) -> None:
+    """One PPO step on six random sequences with mixed advantages."""
+    rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, 100, 10).tolist() for _ in range(6)]
     samples = StepSamples(seqs, [4] * 6, np.array([0, 0, 0, 1, 1, 1]), np.array([1.0, -1, 0.5, -0.5, 1, -1]))
-    update(policy, samples, LossConfig(), ParallelLayout(dp=dp, tp=a.tp, pp=a.pp), 0, 4096, CostModel(1.0, 0.0))
+    update(policy, samples, LossConfig(), ParallelLayout(dp=dp, tp=tp, pp=pp), 0, 4096, CostModel(1.0, 0.0))
+
+
+def main():
+    a = parse_layout_args()
+    policy, ckpt, dp = load_policy(a.hf, a.tp, a.pp)
+    from megatron.core import parallel_state
+
+    train_step(policy, dp, a.tp, a.pp)
 
     engine = LocalEngine(a.hf) if dist.get_rank() == 0 else None
     before = engine_logprobs(engine) if engine else None

@@ -1,0 +1,195 @@
+"""How one sender's buckets reach every engine server: tensor handles, a broadcast group, or disk.
+
+A *sender* is the rank that holds one pipeline stage's full HF tensors (see :mod:`.sync`); it talks to
+the engines directly over their HTTP API, never through rank 0. Each transport sends one bucket to all
+engines at once:
+
+- :class:`HandleTransport` posts SGLang's ``/update_weights_from_tensor`` with shared-memory handles
+  (CUDA IPC on GPU, file-system shared memory on CPU): colocated engines map the sender's memory.
+- :class:`BroadcastTransport` posts ``/update_weights_from_distributed`` to every engine and broadcasts
+  each tensor once over a group of this sender (rank 0) and every engine rank (NCCL on GPU, gloo on
+  CPU), created once (under a fresh name each time) and re-created after an engine restart (:meth:`reconnect`).
+- :class:`DiskTransport` writes safetensors files into a folder shared with the engines; the
+  coordinator then asks every engine to reload it (``/update_weights_from_disk``).
+
+The transports only need each client's ``url``, ``tp_size`` and ``request`` (an :class:`SGLangClient`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
+from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
+
+
+def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
+    """``fn(client)`` for every client concurrently; the first error is raised after all have finished."""
+    futures = [pool.submit(fn, c) for c in clients]
+    errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
+
+
+class HandleTransport:
+    """One serialisation per bucket, the same handles posted to every engine (once per engine TP rank)."""
+
+    needs_session = True
+
+    def __init__(self, clients):
+        self.clients = list(clients)
+        self._pool = ThreadPoolExecutor(max(1, len(self.clients)), thread_name_prefix="sync-handles")
+
+    def send(self, bucket, version: int) -> None:
+        items = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until every engine has answered
+        payload = serialize_named_tensors(items)
+        _all(self._pool, lambda c: c.request(
+            "POST", "/update_weights_from_tensor",
+            {"serialized_named_tensors": [payload] * c.tp_size, "weight_version": str(int(version)),
+             "flush_cache": False}, retry=False), self.clients)
+        del items
+
+    def reconnect(self) -> None:
+        """Nothing to re-create: every bucket is a self-contained request."""
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class BroadcastTransport:
+    """This sender is rank 0 of a group that holds every rank of every engine; one broadcast feeds them all."""
+
+    needs_session = True
+
+    def __init__(self, clients, backend: str, address: str, group_name: str, timeout_s: float = 120.0,
+                 port: int | None = None):
+        self.clients = list(clients)
+        self.backend, self.address, self.base_name, self.timeout_s = backend, address, group_name, timeout_s
+        self.group_name = group_name
+        self._fixed_port = port
+        self._pool = ThreadPoolExecutor(max(1, len(self.clients)) + 1, thread_name_prefix="sync-broadcast")
+        self._pg = None
+        self.connect()
+
+    @property
+    def world_size(self) -> int:
+        return 1 + sum(c.tp_size for c in self.clients)
+
+    def connect(self) -> None:
+        """Every engine joins (its HTTP call returns once the group exists) while this sender hosts it."""
+        from megatron_sgpo.platform.dist import free_port
+
+        port = self._fixed_port or free_port()
+        # a fresh name per connection: torch keeps a name taken for the life of the engine process
+        self.group_name = f"{self.base_name}_{uuid.uuid4().hex[:8]}"
+        offsets = [1 + sum(c.tp_size for c in self.clients[:i]) for i in range(len(self.clients))]
+        joins = [self._pool.submit(c.request, "POST", "/init_weights_update_group",
+                                   {"master_address": self.address, "master_port": port, "rank_offset": off,
+                                    "world_size": self.world_size, "group_name": self.group_name,
+                                    "backend": self.backend}, self.timeout_s, False)
+                 for c, off in zip(self.clients, offsets)]
+        try:
+            self._pg = init_weight_group(self.backend, self.address, port, self.world_size, 0, self.group_name,
+                                         self.timeout_s)
+        finally:
+            for j in joins:
+                j.result()
+
+    def reconnect(self) -> None:
+        """After an engine restart its side of the group is gone: tear ours down and build a new one."""
+        self._drop()
+        self.connect()
+
+    def send(self, bucket, version: int) -> None:
+        dev = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        items = [(n, t.detach().to(dev).contiguous()) for n, t in bucket]
+        body = {"names": [n for n, _ in items], "dtypes": [dtype_name(t.dtype) for _, t in items],
+                "shapes": [list(t.shape) for _, t in items], "group_name": self.group_name,
+                "weight_version": str(int(version)), "flush_cache": False}
+        posts = [self._pool.submit(c.request, "POST", "/update_weights_from_distributed", body, None, False)
+                 for c in self.clients]
+        works = [torch.distributed.broadcast(t, src=0, group=self._pg, async_op=True) for _, t in items]
+        while not all(w.is_completed() for w in works):
+            failed = [p.exception() for p in posts if p.done() and p.exception() is not None]
+            if failed:  # an engine refused the update: it will never join these broadcasts
+                raise failed[0]
+            time.sleep(0.002)
+        for p in posts:
+            p.result()
+
+    def _drop(self) -> None:
+        """Ours, then the engines' side (best effort: an engine that restarted has no such group)."""
+        if self._pg is None:
+            return
+        destroy_weight_group(self._pg)
+        self._pg = None
+        for c in self.clients:
+            try:
+                c.request("POST", "/destroy_weights_update_group", {"group_name": self.group_name}, 10.0, False)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        self._drop()
+        self._pool.shutdown(wait=True)
+
+
+class DiskTransport:
+    """Senders write ``stage<S>-<K>.safetensors`` into ``folder``; :meth:`publish` (one process) adds the index
+    and the config and tokenizer files, then every engine reloads the folder. Needs a file system shared by
+    the senders and the engines."""
+
+    needs_session = False
+
+    def __init__(self, clients, folder: str, stage: int):
+        self.clients, self.folder, self.stage = list(clients), folder, stage
+        self._count = 0
+
+    def send(self, bucket, version: int) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(self.folder, exist_ok=True)
+        name = f"stage{self.stage}-{self._count:05d}.safetensors"
+        save_file({n: t.detach().contiguous().cpu() for n, t in bucket}, os.path.join(self.folder, name + ".tmp"),
+                  metadata={"format": "pt"})
+        os.replace(os.path.join(self.folder, name + ".tmp"), os.path.join(self.folder, name))
+        self._count += 1
+
+    @staticmethod
+    def reset(folder: str) -> None:
+        """Empty the folder before a sync, so no file of an earlier one is reloaded."""
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+
+    @staticmethod
+    def publish(clients, folder: str, side_dir: str, version: int) -> None:
+        """Write the index and side files, then reload every engine from ``folder`` at ``version``."""
+        from safetensors import safe_open
+
+        from megatron_sgpo.model.hf_io import SIDE_FILES
+
+        weight_map = {}
+        for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+            with safe_open(os.path.join(folder, name), "pt") as f:
+                weight_map.update({key: name for key in f.keys()})
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+        for side in SIDE_FILES:
+            if os.path.exists(os.path.join(side_dir, side)):
+                shutil.copy2(os.path.join(side_dir, side), os.path.join(folder, side))
+        with ThreadPoolExecutor(max(1, len(clients))) as pool:
+            _all(pool, lambda c: c.update_weights_from_disk(folder, version), clients)
+
+    def reconnect(self) -> None:
+        """Files need no connection."""
+
+    def close(self) -> None:
+        """Nothing held open."""

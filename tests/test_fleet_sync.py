@@ -1,0 +1,66 @@
+"""TP=2 x PP=2 (4 gloo ranks) training, then a sync straight from each stage's sender to two `sgpo serve` engines
+over every transport: both engines score their own greedy samples exactly as the trainer does, and no rank but
+the two stage senders ever holds a full tensor."""
+import pytest
+
+from megatron_sgpo.platform.dist import free_port
+from megatron_sgpo.rollout.launcher import SGLangLauncher
+from tests.distributed import load, torchrun
+
+TRANSPORTS = ["tensor", "distributed", "disk"]
+
+
+@pytest.fixture(scope="module")
+def synced(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fleet_sync")
+    launchers = [SGLangLauncher.sgpo(tiny_models["llama"], free_port(), extra_args=["--threads", "1"],
+                                     log_path=str(out / f"engine{i}.log")).start(wait=False) for i in range(2)]
+    try:
+        for launcher in launchers:
+            launcher.wait_healthy(timeout_s=120)
+        torchrun("fleet_sync_worker.py", 4, ["--hf", tiny_models["llama"], "--out", str(out), "--tp", "2",
+                                             "--pp", "2", "--urls", *[x.url for x in launchers],
+                                             "--transports", *TRANSPORTS], timeout=600)
+    finally:
+        for launcher in launchers:
+            launcher.stop()
+    return load(str(out), "engines.pt"), load(str(out), "trainer.pt")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_engine_scores_like_the_trainer(synced, transport):
+    engines, trainer = synced
+    assert len(engines[transport]["engines"]) == 2
+    for engine, scored in zip(engines[transport]["engines"], trainer[transport]):
+        for i, (seq, logprobs) in enumerate(zip(engine["sequences"], engine["logprobs"])):
+            start = len(seq) - len(logprobs) - 1  # position t scores token t + 1
+            mine = scored[i, start:start + len(logprobs)]
+            assert logprobs, f"{engine['url']} generated nothing"
+            assert max(abs(a - float(b)) for a, b in zip(logprobs, mine)) <= 1e-4, (transport, engine["url"], i)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_engine_serves_the_new_version(synced, transport):
+    engines, _ = synced
+    assert [e["version"] for e in engines[transport]["engines"]] == [TRANSPORTS.index(transport) + 1] * 2
+
+
+def test_successive_syncs_carried_new_weights(synced):
+    """Each transport's sync followed another training step: the engines' scores moved every time."""
+    engines, _ = synced
+    first = [e["logprobs"] for e in engines["tensor"]["engines"]]
+    for transport in TRANSPORTS[1:]:
+        now = [e["logprobs"] for e in engines[transport]["engines"]]
+        assert now != first
+        first = now
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_only_the_stage_senders_hold_full_tensors(synced, transport):
+    counts = synced[0][transport]["counts"]
+    senders = [r for r, c in enumerate(counts) if c["sender"]]
+    assert senders == [0, 2]  # TP rank 0 of stage 0 and of stage 1
+    assert all(c["full_tensors"] == 0 and c["bytes"] == 0 for r, c in enumerate(counts) if r not in senders)
+    stage0, stage1 = counts[0]["tensors"], counts[2]["tensors"]
+    assert stage0 > 0 and stage1 > 0  # rank 0 sent its own stage only; stage 1 never passed through it
+    assert counts[0]["full_tensors"] == stage0 and counts[2]["full_tensors"] == stage1
