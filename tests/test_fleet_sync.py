@@ -8,6 +8,7 @@ from megatron_sgpo.rollout.launcher import SGLangLauncher
 from tests.distributed import load, torchrun
 
 TRANSPORTS = ["tensor", "distributed", "disk"]
+DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def synced(tiny_models, tmp_path_factory):
             launcher.wait_healthy(timeout_s=120)
         torchrun("fleet_sync_worker.py", 4, ["--hf", tiny_models["llama"], "--out", str(out), "--tp", "2",
                                              "--pp", "2", "--urls", *[x.url for x in launchers],
-                                             "--transports", *TRANSPORTS], timeout=600)
+                                             "--transports", *TRANSPORTS, "--dead-url", DEAD], timeout=600)
     finally:
         for launcher in launchers:
             launcher.stop()
@@ -64,3 +65,11 @@ def test_only_the_stage_senders_hold_full_tensors(synced, transport):
     stage0, stage1 = counts[0]["tensors"], counts[2]["tensors"]
     assert stage0 > 0 and stage1 > 0  # rank 0 sent its own stage only; stage 1 never passed through it
     assert counts[0]["full_tensors"] == stage0 and counts[2]["full_tensors"] == stage1
+
+
+def test_a_sync_that_cannot_reach_an_engine_fails_on_every_rank_after_one_retry(synced):
+    failure = synced[0]["failure"]
+    assert len(failure["messages"]) == 4
+    for message in failure["messages"]:
+        assert "failed twice" in message and DEAD in message and "must not serve" in message
+    assert failure["seconds"] < 120  # the client's retries are bounded; nothing waits forever

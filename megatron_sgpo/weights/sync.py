@@ -252,6 +252,11 @@ class WeightSync:
                     DiskTransport.reset(self.disk_dir)
             except Exception as exc:  # noqa: BLE001
                 error = exc
+                if session:  # engines that did open theirs must not keep it open for the retry
+                    try:
+                        self.engine.end_weight_update(version)
+                    except Exception:  # noqa: BLE001  the first error is the one to report
+                        pass
         opened = not self._errors(error)  # senders wait for the session to exist
         stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
         if opened:
@@ -287,9 +292,9 @@ class WeightSync:
                 stats["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
             if pending is not None:
                 pending.result()
-        except Exception as exc:  # noqa: BLE001  the TP peers already finished their gathers with us
+        except Exception as exc:  # noqa: BLE001  a failed send: reported to every rank by the caller
             error = exc
-            for _ in named:  # keep the gathers of the remaining tensors going with the TP peers
+            for _ in named:  # finish the gathers, so the TP peers are not left waiting in one
                 pass
         return error
 

@@ -2,10 +2,12 @@
 server, let each engine sample greedily and score those tokens with the trainer.
 
 Usage: fleet_sync_worker.py --hf DIR --out DIR --urls URL [URL ...] [--tp T] [--pp P] [--transports ...]
+                             [--dead-url URL]   (then one more sync, to the engines and a dead one: it must fail)
 Writes ``engines.pt`` (rank 0: per transport, every engine's sequences, log-probs and weight version, and every
 rank's sync counts) and ``trainer.pt`` (last stage, first TP rank: the trainer's log-probs of those sequences).
 """
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -20,9 +22,31 @@ from megatron_sgpo.weights.sync import WeightSync
 PROMPTS = [[5, 9, 17, 3], [70, 12, 33, 1, 99], [40, 41, 42]]
 
 
+def failed_sync(policy, mapping, urls, hf, version) -> dict:
+    """Every rank's error and the seconds until it came, for a sync to ``urls`` (one of them dead)."""
+    from megatron_sgpo.rollout.engine import EngineError
+    from megatron_sgpo.rollout.fleet import EngineFleet
+
+    fleet = EngineFleet.from_config(RolloutSection(engine="serve", urls=tuple(urls)), hf) if dist.get_rank() == 0 \
+        else None
+    start, message = time.monotonic(), ""
+    sync = WeightSync(policy.modules(), mapping, fleet, "tensor", bucket_bytes=4096)
+    try:
+        sync.push(version)
+    except EngineError as exc:
+        message = str(exc)
+    sync.close()
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    if fleet is not None:
+        fleet.close()
+    return {"messages": messages, "seconds": time.monotonic() - start}
+
+
 def main():
     a = parse_layout_args([("--urls", {"nargs": "+", "required": True}),
-                           ("--transports", {"nargs": "+", "default": ["tensor", "distributed", "disk"]})])
+                           ("--transports", {"nargs": "+", "default": ["tensor", "distributed", "disk"]}),
+                           ("--dead-url", {"default": ""})])
     policy, ckpt, dp = load_policy(a.hf, a.tp, a.pp)
     from megatron.core import parallel_state as ps
 
@@ -57,6 +81,8 @@ def main():
             out = policy.logprobs([collate(seqs, [len(q) for q in PROMPTS])])
             scored.append(out[0]["logprobs"] if out else None)
         trainer[transport] = scored
+    if a.dead_url:  # a server that does not answer, next to the live ones: the sync must fail, loudly, everywhere
+        engines["failure"] = failed_sync(policy, mapping, a.urls + [a.dead_url], a.hf, version + 1)
     if rank == 0:
         torch.save(engines, os.path.join(a.out, "engines.pt"))
         fleet.close()
