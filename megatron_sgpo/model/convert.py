@@ -27,7 +27,7 @@ from megatron_sgpo.model.hf_config import MAX_PORTABLE_TP, family_of, load_hf_co
 from megatron_sgpo.model.hf_io import HFCheckpoint, copy_side_files
 from megatron_sgpo.model.load import ReadRecorder, check_all_used, load_hf_weights, unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
-from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel, rank_errors
 from megatron_sgpo.platform.layout import ParallelLayout
 
 META = "sgpo_conversion.json"
@@ -90,9 +90,7 @@ def progress_bar(total: int, desc: str, progress: bool):
 
 def agree_all_ranks(error: BaseException | None) -> None:
     """Collective: raise on every rank if any rank failed, so no rank waits forever in a later collective."""
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
-    failed = [(r, e) for r, e in enumerate(errors) if e]
+    failed = rank_errors(error)
     if error is not None:
         raise error
     if failed:

@@ -79,6 +79,14 @@ def destroy_parallel() -> None:
         dist.destroy_process_group()
 
 
+def rank_errors(error: BaseException | None) -> list[tuple[int, str]]:
+    """Collective: (rank, "Type: message") of every rank whose ``error`` is set, so all ranks can take the same
+    branch after work that may fail on some of them."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, None if error is None else f"{type(error).__name__}: {error}")
+    return [(r, e) for r, e in enumerate(everyone) if e]
+
+
 class RankZeroError(RuntimeError):
     """Work that runs on global rank 0 only (profiling, rollout, evaluation) failed; every rank raises it."""
 

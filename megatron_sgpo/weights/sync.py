@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from megatron_sgpo.model.load import unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
+from megatron_sgpo.platform.dist import rank_errors
 from megatron_sgpo.rollout.engine import EngineError
 
 Named = list[tuple[str, torch.Tensor]]
@@ -228,7 +229,7 @@ class WeightSync:
             return self._push_in_process(version)
         for attempt in (1, 2):
             stats, error = self._attempt(version)
-            failed = self._errors(error)
+            failed = rank_errors(error)
             if not failed:
                 self._check_versions(version)
                 return stats
@@ -257,11 +258,11 @@ class WeightSync:
                         self.engine.end_weight_update(version)
                     except Exception:  # noqa: BLE001  the first error is the one to report
                         pass
-        opened = not self._errors(error)  # senders wait for the session to exist
+        opened = not rank_errors(error)  # senders wait for the session to exist
         stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
         if opened:
             error = self._stream(version, stats)
-            if not self._errors(error) and self.rank == 0 and not session:
+            if not rank_errors(error) and self.rank == 0 and not session:
                 try:
                     DiskTransport.publish(self._transport.clients, self.disk_dir, self.side_dir, version)
                 except Exception as exc:  # noqa: BLE001
@@ -322,14 +323,8 @@ class WeightSync:
         self._agree(error, "weight version check")
 
     # ------------------------------------------------------------------ agreement
-    def _errors(self, error: Exception | None) -> list[tuple[int, str]]:
-        """Collective: every rank's error, so all ranks take the same branch."""
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, None if error is None else f"{type(error).__name__}: {error}")
-        return [(r, e) for r, e in enumerate(everyone) if e]
-
     def _agree(self, error: Exception | None, what: str) -> None:
-        failed = self._errors(error)
+        failed = rank_errors(error)
         if failed:
             raise EngineError(f"{what} failed: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
 
