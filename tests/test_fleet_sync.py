@@ -67,7 +67,13 @@ def test_only_the_stage_senders_hold_full_tensors(synced, transport):
     assert counts[0]["full_tensors"] == stage0 and counts[2]["full_tensors"] == stage1
 
 
-def test_a_sync_that_cannot_reach_an_engine_fails_on_every_rank_after_one_retry(synced):
+def test_a_dead_engine_is_left_out_of_the_sync_and_the_others_get_the_update(synced):
+    beside = synced[0]["beside_dead"]
+    assert beside["messages"] == [""] * 4
+    assert DEAD not in beside["live"] and sorted(beside["live"].values()) == [len(TRANSPORTS) + 1] * 2
+
+
+def test_a_sync_with_no_engine_left_fails_on_every_rank_after_one_retry(synced):
     failure = synced[0]["failure"]
     assert len(failure["messages"]) == 4
     for message in failure["messages"]:

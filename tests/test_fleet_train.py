@@ -1,5 +1,6 @@
 """`sgpo train` at PP=2 against two `sgpo serve` engines, weights through the broadcast groups
-(rollout.weight_sync=distributed): every step samples from the weights of the step before on both engines."""
+(rollout.weight_sync=distributed) or shared-memory handles (tensor): every step samples from the weights of the
+step before on both engines."""
 import json
 import os
 
@@ -14,9 +15,9 @@ from tests.distributed import read_steps, sgpo
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fleet_train")
+@pytest.fixture(scope="module", params=["distributed", "tensor"])
+def run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"fleet_train_{request.param}")
     launchers = [SGLangLauncher.sgpo(str(BUNDLED_POLICY), free_port(), extra_args=["--threads", "1"],
                                      log_path=str(out / f"engine{i}.log")).start(wait=False) for i in range(2)]
     try:
@@ -24,7 +25,7 @@ def run(tmp_path_factory):
             launcher.wait_healthy(timeout_s=120)
         urls = ", ".join(x.url for x in launchers)
         sgpo(2, ["train", f"run.output_dir={out / 'run'}", "run.mode=grpo", "plan.fixed_n=4", "model.parallel.pp=2",
-                 "rollout.engine=serve", f"rollout.urls=[{urls}]", "rollout.weight_sync=distributed",
+                 "rollout.engine=serve", f"rollout.urls=[{urls}]", f"rollout.weight_sync={request.param}",
                  "data.size=40", "data.eval_size=0", f"train.steps={STEPS}", "train.prompts_per_step=4",
                  "train.eval_every=0", "rollout.max_new_tokens=5", "optim.lr=1e-3"])
         versions = [requests.get(x.url + "/model_info", timeout=10).json()["weight_version"] for x in launchers]

@@ -11,9 +11,10 @@ bucket k+1 while bucket k is on its way. Rank 0 only opens and closes the engine
 around the senders and checks that every engine serves the new version. An *in-process* engine (the
 local engine, vLLM's ``LLM``) lives in rank 0's memory, so there the stages send to rank 0.
 
-A sync that fails on any sender is retried once from the start (every tensor is resent, after re-creating
-the transports' connections); if it fails again every rank raises :class:`EngineError`, so the run stops
-instead of sampling from a half-updated model.
+Engines a fleet has taken out of rotation (opening the session finds them dead) are left out of the sync. A
+sync that fails on any sender is retried once from the start (every tensor is resent, after re-creating the
+transports' connections); if it fails again every rank raises :class:`EngineError`, so the run stops instead
+of sampling from a half-updated model.
 """
 from __future__ import annotations
 
@@ -261,6 +262,7 @@ class WeightSync:
         opened = not rank_errors(error)  # senders wait for the session to exist
         stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
         if opened:
+            self._follow_fleet()
             error = self._stream(version, stats)
             if not rank_errors(error) and self.rank == 0 and not session:
                 try:
@@ -273,6 +275,22 @@ class WeightSync:
                 except Exception as exc:  # noqa: BLE001
                     error = error or exc
         return stats, error
+
+    def _follow_fleet(self) -> None:
+        """Collective: send to the engines rank 0's fleet still has in rotation (opening the session takes a dead
+        engine out), re-making the senders' transports when that set changed."""
+        box = [_servers(self.engine) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] == self.servers:
+            return
+        self.servers, error = box[0], None
+        if self.sender:
+            try:
+                self._transport.close()
+                self._transport = self._make_transport()
+            except Exception as exc:  # noqa: BLE001  every rank must learn of it
+                error = exc
+        self._agree(error, "weight sync to the engines left in rotation")
 
     def _stream(self, version: int, stats: dict) -> Exception | None:
         """Senders: gather and send bucket by bucket, one bucket in flight; TP peers: send shards."""

@@ -49,7 +49,10 @@ class HandleTransport:
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)), thread_name_prefix="sync-handles")
 
     def send(self, bucket, version: int) -> None:
-        items = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until every engine has answered
+        # alive until every engine has answered. A CPU tensor is copied first: pickling moves a storage into a
+        # shared-memory file that is unlinked once the engine lets go of it, so a parameter shared as it is would
+        # name a missing file at the next sync; CUDA IPC handles have no such lifetime.
+        items = [(n, t.detach().contiguous() if t.is_cuda else t.detach().clone()) for n, t in bucket]
         payload = serialize_named_tensors(items)
         _all(self._pool, lambda c: c.request(
             "POST", "/update_weights_from_tensor",

@@ -22,8 +22,9 @@ from megatron_sgpo.weights.sync import WeightSync
 PROMPTS = [[5, 9, 17, 3], [70, 12, 33, 1, 99], [40, 41, 42]]
 
 
-def failed_sync(policy, mapping, urls, hf, version) -> dict:
-    """Every rank's error and the seconds until it came, for a sync to ``urls`` (one of them dead)."""
+def sync_with(policy, mapping, urls, hf, version) -> dict:
+    """A tensor sync to a fleet of ``urls``: every rank's error ("" if none), the seconds it took, and the
+    versions of the engines the fleet kept in rotation."""
     from megatron_sgpo.rollout.engine import EngineError
     from megatron_sgpo.rollout.fleet import EngineFleet
 
@@ -38,9 +39,11 @@ def failed_sync(policy, mapping, urls, hf, version) -> dict:
     sync.close()
     messages = [None] * dist.get_world_size()
     dist.all_gather_object(messages, message)
+    live = {}
     if fleet is not None:
+        live = {c.url: c.weight_version for c in fleet.live()}
         fleet.close()
-    return {"messages": messages, "seconds": time.monotonic() - start}
+    return {"messages": messages, "seconds": time.monotonic() - start, "live": live}
 
 
 def main():
@@ -81,8 +84,9 @@ def main():
             out = policy.logprobs([collate(seqs, [len(q) for q in PROMPTS])])
             scored.append(out[0]["logprobs"] if out else None)
         trainer[transport] = scored
-    if a.dead_url:  # a server that does not answer, next to the live ones: the sync must fail, loudly, everywhere
-        engines["failure"] = failed_sync(policy, mapping, a.urls + [a.dead_url], a.hf, version + 1)
+    if a.dead_url:  # a server that does not answer: left out next to live ones; alone, the sync fails everywhere
+        engines["beside_dead"] = sync_with(policy, mapping, a.urls + [a.dead_url], a.hf, version + 1)
+        engines["failure"] = sync_with(policy, mapping, [a.dead_url], a.hf, version + 2)
     if rank == 0:
         torch.save(engines, os.path.join(a.out, "engines.pt"))
         fleet.close()

@@ -1,0 +1,50 @@
+"""Two real SGLang 0.5.23 CPU servers fed by a PP=2 megatron policy (2 gloo ranks), each stage's sender sending
+its own layers over every transport (tier `sglang`, about 2 minutes): both servers then score their greedy
+samples as the trainer does."""
+import pytest
+
+from megatron_sgpo.platform.dist import free_port
+from megatron_sgpo.rollout.launcher import SGLangLauncher
+from tests.distributed import load, torchrun
+
+from .conftest import SHIMS
+from .test_sglang_real import PYTHON
+
+pytestmark = [pytest.mark.sglang, pytest.mark.timeout(600)]
+TRANSPORTS = ["tensor", "distributed", "disk"]
+
+
+@pytest.fixture(scope="module")
+def synced(engine_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sglang_fleet_sync")
+    launchers = [SGLangLauncher.sglang(engine_model_dir, free_port(), device="cpu", max_total_tokens=16384,
+                                       python=PYTHON, env={"PYTHONPATH": SHIMS, "OMP_NUM_THREADS": "1"},
+                                       log_path=str(out / f"sglang{i}.log")).start(wait=False) for i in range(2)]
+    try:
+        for launcher in launchers:
+            launcher.wait_healthy(timeout_s=300)
+        torchrun("fleet_sync_worker.py", 2, ["--hf", engine_model_dir, "--out", str(out), "--pp", "2",
+                                             "--urls", *[x.url for x in launchers], "--transports", *TRANSPORTS],
+                 timeout=400)
+    finally:
+        for launcher in launchers:
+            launcher.stop()
+    return load(str(out), "engines.pt"), load(str(out), "trainer.pt")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_both_real_servers_score_like_the_trainer_at_the_new_version(synced, transport):
+    engines, trainer = synced
+    assert [e["version"] for e in engines[transport]["engines"]] == [TRANSPORTS.index(transport) + 1] * 2
+    for engine, scored in zip(engines[transport]["engines"], trainer[transport]):
+        for i, (seq, logprobs) in enumerate(zip(engine["sequences"], engine["logprobs"])):
+            start = len(seq) - len(logprobs) - 1  # position t scores token t + 1
+            assert logprobs, f"{engine['url']} generated nothing"
+            mine = scored[i, start:start + len(logprobs)]
+            assert max(abs(a - float(b)) for a, b in zip(logprobs, mine)) <= 1e-4, (transport, engine["url"], i)
+
+
+def test_each_stage_sent_its_own_layers(synced):
+    counts = synced[0]["tensor"]["counts"]
+    assert [c["sender"] for c in counts] == [True, True]  # PP=2: one sender per stage, no rank-0 funnel
+    assert all(c["tensors"] > 0 and c["full_tensors"] == c["tensors"] for c in counts)
