@@ -26,8 +26,10 @@ def test_there_are_recipes_for_one_node_and_many():
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: os.path.relpath(p, EXAMPLES))
 def test_example_config_loads_with_overrides_the_launchers_pass(path):
-    cfg = load_config(path, ["model.hf_path=/models/x", "rollout.url=http://127.0.0.1:30000", "run.output_dir=/tmp/r"])
-    assert cfg.rollout.engine == "sglang" and cfg.rollout.url.startswith("http://")
+    engines = ("rollout.urls=[http://node0:30000, http://node1:30000]" if "multi_node" in path  # node.sh: one per node
+               else "rollout.url=http://127.0.0.1:30000")
+    cfg = load_config(path, ["model.hf_path=/models/x", engines, "run.output_dir=/tmp/r"])
+    assert cfg.rollout.engine == "sglang" and (cfg.rollout.url or cfg.rollout.urls[1]).startswith("http://")
     assert cfg.model.options.dtype == "auto" and cfg.optim.distributed_optimizer
 
 
@@ -54,7 +56,8 @@ def test_multi_node_layout_is_the_planners_feasible_one():
     from megatron_sgpo.cluster import EngineLayout, Placement, Planner, TrainSetup, load_inputs
     from megatron_sgpo.platform.layout import ParallelLayout
 
-    cfg = load_config(os.path.join(EXAMPLES, "multi_node", "llama-3.3-70b.yaml"))
+    cfg = load_config(os.path.join(EXAMPLES, "multi_node", "llama-3.3-70b.yaml"),
+                      ["rollout.urls=[http://node0:30000, http://node1:30000]"])
     world = _launcher_world(os.path.join(EXAMPLES, "multi_node", "node.sh"))
     p = cfg.model.parallel
     assert world == 64
@@ -72,6 +75,9 @@ def test_multi_node_layout_is_the_planners_feasible_one():
     assert not no_sp.feasible
     script = open(os.path.join(EXAMPLES, "multi_node", "node.sh")).read()
     assert "--tp-size 8" in script  # the engine TP the planner was asked about
+    # and as many engines as the planner's row: one per node (8), every one in rollout.urls
+    assert cfg.rollout.weight_sync == "distributed" and 'rollout.urls="$URLS"' in script
+    assert 'NODE_RANK" = 0' not in script.split("launch_server")[0]  # no node skips starting its engine
 
 
 def test_the_cpu_example_loads_as_its_script_runs_it():

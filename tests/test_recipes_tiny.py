@@ -1,18 +1,20 @@
 """The shipped GPU recipes stay honest: each has a tiny copy in examples/tiny/ with the same keys and features (only
-sizes, world size and engine differ), and that copy runs 3 steps under torchrun on gloo (4 ranks).
+sizes, world size and engine differ), and that copy runs 3 steps under torchrun on gloo (4 ranks), against two
+`sgpo serve` engines where the recipe has several engine servers.
 
 Marked ``recipes`` (a few minutes on 2 cores): deselected from the default run, run by .ci/run as its own tier.
 """
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import yaml
 
 from megatron_sgpo.platform.dist import free_port
+from megatron_sgpo.rollout.launcher import SGLangLauncher
+from tests.distributed import run_to_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,8 +63,18 @@ def test_tiny_copy_runs_three_steps_under_torchrun(tiny, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", "-m", "megatron_sgpo.cli", "train", "--config",
            os.path.join(ROOT, "examples", "tiny", tiny), f"model.hf_path={model}", f"run.output_dir={out}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env, cwd=ROOT)
+    servers = []  # a copy of a recipe with several engine servers gets two `sgpo serve` engines
+    if load(f"tiny/{tiny}")["rollout.engine"] == "serve":
+        servers = [SGLangLauncher.sgpo(model, free_port(), extra_args=["--threads", "1"]).start(wait=False)
+                   for _ in range(2)]
+        cmd.append(f"rollout.urls=[{', '.join(s.url for s in servers)}]")
+    try:
+        for server in servers:
+            server.wait_healthy(timeout_s=120)
+        proc = run_to_files(cmd, timeout=1500)
+    finally:
+        for server in servers:
+            server.stop()
     assert proc.returncode == 0, proc.stderr[-6000:]
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3]
