@@ -42,8 +42,6 @@ def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
 class HandleTransport:
     """One serialisation per bucket, the same handles posted to every engine (once per engine TP rank)."""
 
-    needs_session = True
-
     def __init__(self, clients):
         self.clients = list(clients)
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)), thread_name_prefix="sync-handles")
@@ -69,8 +67,6 @@ class HandleTransport:
 
 class BroadcastTransport:
     """This sender is rank 0 of a group that holds every rank of every engine; one broadcast feeds them all."""
-
-    needs_session = True
 
     def __init__(self, clients, backend: str, address: str, group_name: str, timeout_s: float = 120.0,
                  port: int | None = None):
@@ -149,8 +145,6 @@ class DiskTransport:
     """Senders write ``stage<S>-<K>.safetensors`` into ``folder``; :meth:`publish` (one process) adds the index
     and the config and tokenizer files, then every engine reloads the folder. Needs a file system shared by
     the senders and the engines."""
-
-    needs_session = False
 
     def __init__(self, clients, folder: str, stage: int):
         self.clients, self.folder, self.stage = list(clients), folder, stage
