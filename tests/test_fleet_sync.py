@@ -5,9 +5,8 @@ import pytest
 
 from megatron_sgpo.platform.dist import free_port
 from megatron_sgpo.rollout.launcher import SGLangLauncher
-from tests.distributed import load, torchrun
+from tests.fleet_sync import TRANSPORTS, assert_engines_score_like_the_trainer, run_fleet_sync
 
-TRANSPORTS = ["tensor", "distributed", "disk"]
 DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
@@ -16,28 +15,13 @@ def synced(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("fleet_sync")
     launchers = [SGLangLauncher.sgpo(tiny_models["llama"], free_port(), extra_args=["--threads", "1"],
                                      log_path=str(out / f"engine{i}.log")).start(wait=False) for i in range(2)]
-    try:
-        for launcher in launchers:
-            launcher.wait_healthy(timeout_s=120)
-        torchrun("fleet_sync_worker.py", 4, ["--hf", tiny_models["llama"], "--out", str(out), "--tp", "2",
-                                             "--pp", "2", "--urls", *[x.url for x in launchers],
-                                             "--transports", *TRANSPORTS, "--dead-url", DEAD], timeout=600)
-    finally:
-        for launcher in launchers:
-            launcher.stop()
-    return load(str(out), "engines.pt"), load(str(out), "trainer.pt")
+    return run_fleet_sync(launchers, tiny_models["llama"], out, 4, ["--tp", "2", "--pp", "2", "--dead-url", DEAD])
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_every_engine_scores_like_the_trainer(synced, transport):
-    engines, trainer = synced
-    assert len(engines[transport]["engines"]) == 2
-    for engine, scored in zip(engines[transport]["engines"], trainer[transport]):
-        for i, (seq, logprobs) in enumerate(zip(engine["sequences"], engine["logprobs"])):
-            start = len(seq) - len(logprobs) - 1  # position t scores token t + 1
-            mine = scored[i, start:start + len(logprobs)]
-            assert logprobs, f"{engine['url']} generated nothing"
-            assert max(abs(a - float(b)) for a, b in zip(logprobs, mine)) <= 1e-4, (transport, engine["url"], i)
+    assert len(synced[0][transport]["engines"]) == 2
+    assert_engines_score_like_the_trainer(*synced, transport)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

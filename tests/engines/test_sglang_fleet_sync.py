@@ -5,13 +5,12 @@ import pytest
 
 from megatron_sgpo.platform.dist import free_port
 from megatron_sgpo.rollout.launcher import SGLangLauncher
-from tests.distributed import load, torchrun
+from tests.fleet_sync import TRANSPORTS, assert_engines_score_like_the_trainer, run_fleet_sync
 
 from .conftest import SHIMS
 from .test_sglang_real import PYTHON
 
 pytestmark = [pytest.mark.sglang, pytest.mark.timeout(600)]
-TRANSPORTS = ["tensor", "distributed", "disk"]
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +19,14 @@ def synced(engine_model_dir, tmp_path_factory):
     launchers = [SGLangLauncher.sglang(engine_model_dir, free_port(), device="cpu", max_total_tokens=16384,
                                        python=PYTHON, env={"PYTHONPATH": SHIMS, "OMP_NUM_THREADS": "1"},
                                        log_path=str(out / f"sglang{i}.log")).start(wait=False) for i in range(2)]
-    try:
-        for launcher in launchers:
-            launcher.wait_healthy(timeout_s=300)
-        torchrun("fleet_sync_worker.py", 2, ["--hf", engine_model_dir, "--out", str(out), "--pp", "2",
-                                             "--urls", *[x.url for x in launchers], "--transports", *TRANSPORTS],
-                 timeout=400)
-    finally:
-        for launcher in launchers:
-            launcher.stop()
-    return load(str(out), "engines.pt"), load(str(out), "trainer.pt")
+    return run_fleet_sync(launchers, engine_model_dir, out, 2, ["--pp", "2"])
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_both_real_servers_score_like_the_trainer_at_the_new_version(synced, transport):
     engines, trainer = synced
     assert [e["version"] for e in engines[transport]["engines"]] == [TRANSPORTS.index(transport) + 1] * 2
-    for engine, scored in zip(engines[transport]["engines"], trainer[transport]):
-        for i, (seq, logprobs) in enumerate(zip(engine["sequences"], engine["logprobs"])):
-            start = len(seq) - len(logprobs) - 1  # position t scores token t + 1
-            assert logprobs, f"{engine['url']} generated nothing"
-            mine = scored[i, start:start + len(logprobs)]
-            assert max(abs(a - float(b)) for a, b in zip(logprobs, mine)) <= 1e-4, (transport, engine["url"], i)
+    assert_engines_score_like_the_trainer(engines, trainer, transport)
 
 
 def test_each_stage_sent_its_own_layers(synced):
