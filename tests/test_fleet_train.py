@@ -1,6 +1,6 @@
 """`sgpo train` at PP=2 against two `sgpo serve` engines, weights through the broadcast groups
-(rollout.weight_sync=distributed) or shared-memory handles (tensor): every step samples from the weights of the
-step before on both engines."""
+(rollout.weight_sync=distributed), shared-memory handles (tensor) or files (disk): every step samples from the
+weights of the step before on both engines."""
 import json
 import os
 
@@ -15,7 +15,7 @@ from tests.distributed import read_steps, sgpo
 STEPS = 3
 
 
-@pytest.fixture(scope="module", params=["distributed", "tensor"])
+@pytest.fixture(scope="module", params=["distributed", "tensor", "disk"])
 def run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"fleet_train_{request.param}")
     launchers = [SGLangLauncher.sgpo(str(BUNDLED_POLICY), free_port(), extra_args=["--threads", "1"],
