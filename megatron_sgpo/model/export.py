@@ -7,15 +7,13 @@ all-gathered one parameter at a time and other pipeline stages send theirs to ra
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import torch
 import torch.distributed as dist
 
 from megatron_sgpo.model.convert import OutputDir, Summary, agree_all_ranks, global_rank, progress_bar
-from megatron_sgpo.model.hf_io import SIDE_FILES, ShardedWriter
+from megatron_sgpo.model.hf_io import ShardedWriter, copy_side_files
 from megatron_sgpo.model.load import unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
 from megatron_sgpo.platform.layout import ParallelLayout
@@ -86,9 +84,7 @@ def write_hf(chunks, cfg: dict, layout: ParallelLayout, meta: dict, side_dir: st
         if writer is not None:
             try:
                 writer.close()
-                for side in SIDE_FILES:
-                    if os.path.exists(os.path.join(side_dir, side)):
-                        shutil.copy2(os.path.join(side_dir, side), os.path.join(out.tmp, side))
+                copy_side_files(side_dir, out.tmp)
             except OSError as exc:
                 error = exc
         agree_all_ranks(error)

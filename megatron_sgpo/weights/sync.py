@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from megatron_sgpo.model.load import unwrap
 from megatron_sgpo.model.mapping import WeightMapping, global_names
-from megatron_sgpo.platform.dist import rank_errors
+from megatron_sgpo.platform.dist import device, rank_errors
 from megatron_sgpo.rollout.engine import EngineError
 
 Named = list[tuple[str, torch.Tensor]]
@@ -135,13 +135,9 @@ def collect_on_rank0(chunks, mapping: WeightMapping, dtype: torch.dtype | None =
             meta = [None]
             dist.recv_object_list(meta, src=src)
             for name, shape, tdtype in meta[0]:
-                buf = torch.empty(shape, dtype=tdtype, device=_device())
+                buf = torch.empty(shape, dtype=tdtype, device=device())
                 dist.recv(buf, src=src)
                 yield name, buf
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _servers(engine) -> list | None:

@@ -171,17 +171,15 @@ class DiskTransport:
         """Write the index and side files, then reload every engine from ``folder`` at ``version``."""
         from safetensors import safe_open
 
-        from megatron_sgpo.model.hf_io import SIDE_FILES
+        from megatron_sgpo.model.hf_io import INDEX, copy_side_files
 
         weight_map = {}
         for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
             with safe_open(os.path.join(folder, name), "pt") as f:
                 weight_map.update({key: name for key in f.keys()})
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        with open(os.path.join(folder, INDEX), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
-        for side in SIDE_FILES:
-            if os.path.exists(os.path.join(side_dir, side)):
-                shutil.copy2(os.path.join(side_dir, side), os.path.join(folder, side))
+        copy_side_files(side_dir, folder)
         with ThreadPoolExecutor(max(1, len(clients))) as pool:
             _all(pool, lambda c: c.update_weights_from_disk(folder, version), clients)
 
