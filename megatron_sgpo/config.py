@@ -109,11 +109,17 @@ class RolloutSection:
     release_memory: bool = True  # free the engine's GPU memory while the trainer runs (colocated)
     # per-step sampling seeds (reproducible rollouts); false for an engine that cannot honour them (SGLang on a CPU)
     seeded: bool = True
+    # partial rollouts (APRIL): keep partial_inflight × train.prompts_per_step groups in flight, train the first
+    # prompts_per_step to complete, abort the rest and resume them at the next step (loop/april.py)
+    partial: bool = False
+    partial_inflight: float = 1.5
 
     def __post_init__(self):
         check_choices(self)
         if self.bucket_mb < 1:
             raise ValueError(f"rollout.bucket_mb must be >= 1, got {self.bucket_mb}")
+        if self.partial_inflight < 1:
+            raise ValueError(f"rollout.partial_inflight must be >= 1, got {self.partial_inflight}")
 
     def sampling(self, seed: int, temperature: float | None = None):
         """The engine's SamplingParams for these settings (``temperature`` overrides, e.g. 0 for greedy)."""
@@ -209,6 +215,15 @@ def _check_run(cfg: RunConfig) -> None:
         _refuse("rollout.weight_sync", f"'{cfg.rollout.weight_sync}' sends weights to engine servers; "
                                        f"rollout.engine={cfg.rollout.engine} runs inside rank 0 and takes the tensors "
                                        f"directly (use 'tensor')")
+    if cfg.rollout.partial and cfg.rollout.engine in ("local", "vllm"):
+        _refuse("rollout.partial", f"partial rollouts abort requests by id on engine servers; rollout.engine="
+                                   f"{cfg.rollout.engine} runs inside rank 0 (use sglang or serve)")
+    if cfg.rollout.partial and cfg.selection.refill:
+        _refuse("rollout.partial", "partial rollouts already keep the step full by starting more groups than it "
+                                   "trains; selection.refill would top it up again (set one of them)")
+    if cfg.mismatch.max_staleness is not None and not cfg.rollout.partial:
+        _refuse("mismatch.max_staleness", "only a resumed partial rollout (rollout.partial=true) holds tokens of an "
+                                          "older weight version; without it every token is current")
     if cfg.model.parallel.cp > 1:
         _refuse("model.parallel.cp", "context parallelism is not implemented: micro-batches are not split over "
                                      "context-parallel ranks (and megatron's local attention on CPU cannot shard a "

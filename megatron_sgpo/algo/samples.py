@@ -26,6 +26,7 @@ class StepSamples:
     weights: np.ndarray | None = None  # importance weights (cost-aware selection), default 1
     engine_logprobs: list[list[float]] | None = None  # per sample, the engine's log-prob of each response token
     rewards: np.ndarray | None = None  # per sample, the rewards the advantages were computed from (GRSP-shaped)
+    token_versions: list[list[int]] | None = None  # per sample, the weight version that made each response token
 
     def __post_init__(self):
         n = len(self.sequences)
@@ -33,10 +34,11 @@ class StepSamples:
             raise ValueError("StepSamples fields must all have one entry per sample")
         if n == 0:
             raise ValueError("a step needs at least one sample")
-        if self.engine_logprobs is not None:
-            for i, (seq, p, lps) in enumerate(zip(self.sequences, self.prompt_lens, self.engine_logprobs)):
-                if len(lps) != len(seq) - p:
-                    raise ValueError(f"sample {i}: {len(lps)} engine log-probs for {len(seq) - p} response tokens")
+        for name in ("engine_logprobs", "token_versions"):
+            per_token = getattr(self, name)
+            for i, (seq, p, values) in enumerate(zip(self.sequences, self.prompt_lens, per_token or ())):
+                if len(values) != len(seq) - p:
+                    raise ValueError(f"sample {i}: {len(values)} {name} for {len(seq) - p} response tokens")
 
     def response_tokens(self) -> int:
         return int(sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens)))
@@ -48,7 +50,8 @@ class StepSamples:
                            np.asarray(self.advantages)[index],
                            None if self.weights is None else np.asarray(self.weights)[index],
                            None if self.engine_logprobs is None else pick(self.engine_logprobs),
-                           None if self.rewards is None else np.asarray(self.rewards)[index])
+                           None if self.rewards is None else np.asarray(self.rewards)[index],
+                           None if self.token_versions is None else pick(self.token_versions))
 
 
 def shaped_advantages(groups: Sequence, rewards: np.ndarray, group_ids: np.ndarray,
@@ -71,10 +74,20 @@ def shaped_advantages(groups: Sequence, rewards: np.ndarray, group_ids: np.ndarr
     return penalised(advantage.group_advantages(rewards, group_ids)), rewards
 
 
+def token_versions(completion) -> list[int] | None:
+    """The weight version of each response token: the per-token tags of a resumed (partial) rollout, else the one
+    version the engine reported, else None."""
+    tagged = (getattr(completion, "extra", None) or {}).get("token_versions")
+    if tagged is not None:
+        return list(tagged)
+    version = getattr(completion, "weight_version", None)
+    return None if version is None else [version] * len(completion.token_ids)
+
+
 def build_step_samples(groups: Sequence, grsp_cfg: grsp.GRSPConfig, selection: select.SelectionConfig,
                        rng: np.random.Generator) -> StepSamples | None:
     """The samples the optimiser trains on this step, or None when the selection kept none."""
-    seqs, plens, gids, rewards, engine_lps = [], [], [], [], []
+    seqs, plens, gids, rewards, engine_lps, versions = [], [], [], [], [], []
     for g, group in enumerate(groups):
         for completion, reward in zip(group.completions, group.rewards):
             seqs.append(group.prompt_ids + list(completion.token_ids))
@@ -82,6 +95,7 @@ def build_step_samples(groups: Sequence, grsp_cfg: grsp.GRSPConfig, selection: s
             gids.append(g)
             rewards.append(reward)
             engine_lps.append(list(completion.logprobs))
+            versions.append(token_versions(completion))
     rewards_a, gids_a = np.array(rewards), np.array(gids)
     adv, shaped = shaped_advantages(groups, rewards_a, gids_a, grsp_cfg)
     keep, weights = np.arange(len(seqs)), None
@@ -94,5 +108,6 @@ def build_step_samples(groups: Sequence, grsp_cfg: grsp.GRSPConfig, selection: s
         keep, weights = keep[pick.indices], pick.weights
     if len(keep) == 0:
         return None
+    known = all(v is not None for v in versions)
     return StepSamples([seqs[i] for i in keep], [plens[i] for i in keep], gids_a[keep], adv[keep], weights,
-                       [engine_lps[i] for i in keep], shaped[keep])
+                       [engine_lps[i] for i in keep], shaped[keep], [versions[i] for i in keep] if known else None)

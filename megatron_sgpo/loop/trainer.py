@@ -22,6 +22,7 @@ from megatron_sgpo.algo.refill import refill
 from megatron_sgpo.algo.samples import StepSamples, build_step_samples
 from megatron_sgpo.config import RunConfig, save_config
 from megatron_sgpo.loop import checkpoint
+from megatron_sgpo.loop.april import PlanRollouts
 from megatron_sgpo.loop.build import RunParts, build_parts
 from megatron_sgpo.loop.evaluate import evaluate
 from megatron_sgpo.loop.metrics import RunLog, report, rollout_stats
@@ -51,6 +52,8 @@ class Trainer:
         self.tracker: PosteriorTracker | None = None
         self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
         self._refilled: set = set()  # prompts drawn by this step's refill rounds
+        self.april: PlanRollouts | None = None  # rank 0, with rollout.partial
+        self._april_state: dict | None = None  # its carried groups, from the checkpoint resumed from
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
@@ -107,21 +110,33 @@ class Trainer:
         return self.parts.runner.run([self.parts.by_id[e.prompt_id] for e in picked], ns,
                                      self.cfg.rollout.sampling(seed=seed))
 
+    def _generate(self, step_entries) -> tuple[list, tuple[int, float], dict]:
+        """Rank 0: this step's groups, their generation cost (tokens, FLOPs) and extra statistics — the plan's
+        groups for the step, or with partial rollouts the first to complete of those in flight."""
+        cfg, parts = self.cfg, self.parts
+        params = cfg.rollout.sampling(seed=cfg.run.seed * 100003 + self.step)
+        if self.april:
+            groups, info = self.april.run(parts.by_id, self._group_sizes, params, version=self.step)
+            stats = {"rollout/requests": len(info["requests"]), "rollout/stale_tokens": info["stale_tokens"],
+                     "rollout/carried_groups": info["carried"]}
+            return groups, parts.runner.request_cost(info["requests"]), stats
+        items = [parts.by_id[pid] for pid, _ in step_entries]
+        groups = parts.runner.run(items, self._group_sizes(step_entries), params)
+        return groups, parts.runner.cost(groups), {}
+
     def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
         """Rank 0: this step's groups, and the samples the optimiser will see."""
         cfg, parts = self.cfg, self.parts
-        items = [parts.by_id[pid] for pid, _ in step_entries]
-        ns = self._group_sizes(step_entries)
-        groups = parts.runner.run(items, ns, cfg.rollout.sampling(seed=cfg.run.seed * 100003 + self.step))
-        generated, refill_stats = groups, {}
+        groups, (tokens, flops), extra_stats = self._generate(step_entries)
+        generated = groups
         if cfg.selection.refill:
             self._refilled = set()
             result = refill(groups, lambda rnd, count: self._refill_draw(step_entries, rnd, count), len(groups),
                             cfg.selection.refill_rounds)
             groups, generated = result.trained, result.generated
-            refill_stats = {"refill/rounds": result.rounds, "refill/generated_groups": len(generated),
-                            "refill/short": result.short}
-        tokens, flops = parts.runner.cost(generated)
+            extra_stats = {"refill/rounds": result.rounds, "refill/generated_groups": len(generated),
+                           "refill/short": result.short}
+            tokens, flops = parts.runner.cost(generated)
         self.ledger.add("rollout", tokens, flops)
         if self.tracker:
             for group in generated:
@@ -131,7 +146,7 @@ class Trainer:
         if groups:
             samples = build_step_samples(groups, cfg.grsp, cfg.selection,
                                          np.random.default_rng([cfg.run.seed, self.step]))
-        stats = {**rollout_stats(generated, [len(g.rewards) for g in generated]), **refill_stats,
+        stats = {**rollout_stats(generated, [len(g.rewards) for g in generated]), **extra_stats,
                  "rollout/tokens": tokens}
         stats["trained_samples"] = 0 if samples is None else len(samples.sequences)
         return samples, stats
@@ -161,7 +176,8 @@ class Trainer:
             metrics = update(parts.policy, samples, cfg.loss, parts.layout, parts.dp_rank,
                              cfg.train.max_tokens_per_micro_batch, parts.cost, cfg.rollout.temperature,
                              cfg.train.mini_batches, cfg.train.ppo_epochs,
-                             np.random.default_rng([cfg.run.seed, self.step, 1]), parts.reference, cfg.mismatch)
+                             np.random.default_rng([cfg.run.seed, self.step, 1]), parts.reference, cfg.mismatch,
+                             policy_version=self.step)
             stats.update({f"train/{k}": v for k, v in metrics.items()})
             self.bad_steps = 0
         except NonFiniteLossError as exc:
@@ -209,7 +225,8 @@ class Trainer:
         profile = (self.cfg.profile.path or os.path.join(self.out, "profile.json")) if sgpo else None
         return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(), "profile": profile,
                 "posteriors": self.tracker.to_dict() if self.tracker else None, "seen": sorted(self.seen),
-                "bad_steps": self.bad_steps, "evals": self.evals}
+                "bad_steps": self.bad_steps, "evals": self.evals,
+                "partial": self.april.state_dict() if self.april else None}
 
     def _resume(self) -> bool:
         path = checkpoint.latest(self.out)
@@ -217,6 +234,7 @@ class Trainer:
             return False
         state = checkpoint.load(path, self.parts.policy)
         self.step, self.bad_steps, self.evals = state["step"], state["bad_steps"], state["evals"]
+        self._april_state = state.get("partial")
         self.plan = Plan.from_dict(state["plan"])
         self.ledger = ComputeLedger.from_dict(state["ledger"])
         if state["posteriors"]:
@@ -242,6 +260,13 @@ class Trainer:
             self._make_plan()
             self._evaluate("before")
         steps = self._steps()
+        if cfg.rollout.partial and self.rank == 0:
+            # the whole schedule, not only train.steps of it: groups are taken ahead, the same way in a longer run
+            schedule = list(self.plan.schedule(cfg.train.prompts_per_step, cfg.train.epochs))
+            self.april = PlanRollouts(self.parts.runner, self.parts.engine, schedule, cfg.train.prompts_per_step,
+                                      cfg.rollout.partial_inflight)
+            if self._april_state:
+                self.april.load_state_dict(self._april_state)
         bar = tqdm(total=len(steps), initial=self.step, desc=cfg.run.mode, disable=self.rank != 0)
         while self.step < len(steps):
             stats = self.train_one(steps)
@@ -279,4 +304,6 @@ class Trainer:
             print(report(summary, self.out))
         self.log.close()
         self.weights.close()
+        if self.april:
+            self.april.close()
         return summary

@@ -97,7 +97,8 @@ class EngineFleet(RolloutEngine):
             self._samples[client.url] -= n
             self._cond.notify_all()
 
-    def _run_unit(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
+    def generate_group(self, prompt: list[int], n: int, params: SamplingParams, index: int) -> list[Completion]:
+        """One prompt's n samples on the least-loaded live engine (another one if that engine dies meanwhile)."""
         while True:  # ends: each pass either returns, raises, or takes one more engine out of rotation
             client = self._acquire(n)
             try:
@@ -112,7 +113,7 @@ class EngineFleet(RolloutEngine):
         check_generate_args(prompts, n_per_prompt)
         if self._closed:
             raise EngineError("EngineFleet is closed")
-        futures = [self._pool.submit(self._run_unit, list(p), int(n), params, i) if int(n) > 0 else None
+        futures = [self._pool.submit(self.generate_group, list(p), int(n), params, i) if int(n) > 0 else None
                    for i, (p, n) in enumerate(zip(prompts, n_per_prompt))]
         try:
             return [f.result() if f is not None else [] for f in futures]
@@ -182,6 +183,10 @@ class EngineFleet(RolloutEngine):
 
     def abort(self) -> None:
         self._fan_out("abort", lambda c: c.abort())
+
+    def abort_inflight(self) -> int:
+        """Abort this fleet's own in-flight requests on every engine, by rid; returns how many were sent."""
+        return sum(c.abort_inflight() for c in self.clients)
 
     def health(self) -> bool:
         return any(c.health() for c in self.live())

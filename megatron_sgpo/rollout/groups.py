@@ -61,16 +61,19 @@ class GroupRunner:
         for item, ids, comps, n in zip(items, prompts, results, ns):
             if len(comps) != n:
                 raise RuntimeError(f"engine returned {len(comps)} completions for prompt {item.id!r}, asked {n}")
-            texts = [c.text or self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in comps]
-            rewards = self.verifier.score_batch([item] * n, texts)
-            groups.append(Group(item, ids, comps, texts, rewards))
+            groups.append(self.score(item, ids, comps))
         return groups
+
+    def score(self, item: TaskItem, prompt_ids: list[int], completions: list[Completion]) -> Group:
+        """One prompt's completions, decoded and verified."""
+        texts = [c.text or self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        return Group(item, prompt_ids, completions, texts, self.verifier.score_batch([item] * len(texts), texts))
 
     def cost(self, groups: list[Group]) -> tuple[int, float]:
         """(tokens, FLOPs) of generating these groups: prompt once per sample, plus every response token."""
-        tokens, flops = 0, 0.0
-        for g in groups:
-            for n in g.response_lens():
-                tokens += len(g.prompt_ids) + n
-                flops += inference_flops(self.shape, len(g.prompt_ids), n)
-        return tokens, flops
+        return self.request_cost([(len(g.prompt_ids), n) for g in groups for n in g.response_lens()])
+
+    def request_cost(self, requests: list[tuple[int, int]]) -> tuple[int, float]:
+        """(tokens, FLOPs) of generation requests given as (context tokens, tokens made)."""
+        tokens = sum(context + made for context, made in requests)
+        return tokens, float(sum(inference_flops(self.shape, context, made) for context, made in requests))

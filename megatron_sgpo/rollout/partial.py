@@ -7,14 +7,15 @@ as ``target`` groups have all their samples the rest are aborted (by request id)
 finished samples stay with their group, unfinished ones are resumed at the next call — prompt plus the tokens
 so far, under the weights the engine holds then — so no generated token is thrown away. Each kept token is
 tagged with the weight version that produced it (``Completion.extra["token_versions"]``), so the loss can
-importance-correct or mask the older tokens; ``generated_tokens`` counts every token once, aborted ones
-included, for the ledger.
+importance-correct or mask the older tokens. For the ledger, ``take_segments`` gives every request sent — its
+context (the prompt plus the tokens resumed from, which the engine prefills again) and the tokens it made, aborted
+ones included — so every generated token is booked once.
 """
 from __future__ import annotations
 
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Hashable
 
 from .engine import Completion, SamplingParams, sample_seed
@@ -57,6 +58,7 @@ class PartialRollouts:
         self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="april")
         self.carried: dict[Hashable, _Group] = {}  # unfinished groups, resumed first by the next run
         self.generated_tokens = 0  # every token generated, aborted segments included
+        self._segments: list[tuple[int, int]] = []  # (context tokens, tokens made) of every request since the last take
         self._count_lock = threading.Lock()
 
     def run(self, groups: list[tuple[Hashable, list[int], int]], target: int,
@@ -108,10 +110,27 @@ class PartialRollouts:
         """Generate the rest of one sample: its prompt is the group's prompt plus the tokens it already has."""
         if stopping.is_set():
             return
+        context = len(group.prompt) + len(sample.token_ids)
         out = self.client.generate_group(group.prompt + sample.token_ids, 1, params, 0)
         made = sample.add(out[0])  # one thread per sample: no other writer of it
         with self._count_lock:
             self.generated_tokens += made
+            self._segments.append((context, made))
+
+    def take_segments(self) -> list[tuple[int, int]]:
+        """(context tokens, tokens made) of every request sent since the last call, in completion order."""
+        with self._count_lock:
+            out, self._segments = self._segments, []
+        return out
+
+    def state_dict(self) -> dict:
+        """The carried groups (JSON-able), for a checkpoint."""
+        return {"carried": [{"key": g.key, "prompt": g.prompt, "samples": [asdict(s) for s in g.samples]}
+                            for g in self.carried.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.carried = {g["key"]: _Group(g["key"], list(g["prompt"]), [_Sample(**s) for s in g["samples"]])
+                        for g in state["carried"]}
 
     @staticmethod
     def _completion(group: _Group, s: _Sample) -> Completion:

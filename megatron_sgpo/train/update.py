@@ -36,10 +36,21 @@ def mini_batch_indices(num_samples: int, mini_batches: int, rng: np.random.Gener
     return [np.sort(part) for part in np.array_split(order, mini_batches)]
 
 
+def _response_field(mb: MicroBatch, samples: StepSamples, idx, per_sample: list) -> torch.Tensor:
+    """Per-response-token values of the samples at ``idx`` aligned like ``mb.loss_mask`` (0 elsewhere): response
+    token j of a sample sits at position prompt_len - 1 + j."""
+    out = torch.zeros_like(mb.loss_mask)
+    for row, i in enumerate(idx):
+        p, values = samples.prompt_lens[i], per_sample[i]
+        out[row, p - 1: p - 1 + len(values)] = torch.as_tensor(values, dtype=torch.float32)
+    return out
+
+
 def rank_micro_batches(samples: StepSamples, layout: ParallelLayout, dp_rank: int, max_tokens: int,
-                       cost: CostModel, pad_id: int = 0) -> list[MicroBatch]:
+                       cost: CostModel, pad_id: int = 0, policy_version: int | None = None) -> list[MicroBatch]:
     """This DP rank's micro-batches, padded as the layout requires, with per-sample advantage and weight fields
-    and, when the samples carry them, the engine's log-probs aligned like ``loss_mask``."""
+    and, when the samples carry them, the engine's log-probs and (given the trained ``policy_version``) how many
+    versions each token lags it, aligned like ``loss_mask``."""
     lengths = np.array([len(s) for s in samples.sequences], dtype=np.int64)
     plan = make_batches(lengths, np.asarray(samples.group_ids), layout, max_tokens, cost, mode="padded")
     weights = samples.weights if samples.weights is not None else np.ones(len(lengths))
@@ -51,11 +62,10 @@ def rank_micro_batches(samples: StepSamples, layout: ParallelLayout, dp_rank: in
         mb.fields["weights"] = torch.as_tensor(np.asarray(weights)[idx], dtype=torch.float32)
         mb.fields["index"] = torch.as_tensor(idx, dtype=torch.long)
         if samples.engine_logprobs is not None:
-            engine = torch.zeros_like(mb.loss_mask)
-            for row, i in enumerate(idx):  # response token j of a sample sits at position prompt_len - 1 + j
-                p, lps = samples.prompt_lens[i], samples.engine_logprobs[i]
-                engine[row, p - 1: p - 1 + len(lps)] = torch.as_tensor(lps, dtype=torch.float32)
-            mb.fields["engine_logprobs"] = engine
+            mb.fields["engine_logprobs"] = _response_field(mb, samples, idx, samples.engine_logprobs)
+        if samples.token_versions is not None and policy_version is not None:
+            lags = [[policy_version - v for v in versions] for versions in samples.token_versions]
+            mb.fields["staleness"] = _response_field(mb, samples, idx, lags)
         out.append(mb)
     return out
 
@@ -79,7 +89,7 @@ def make_loss_fn(cfg: LossConfig, norm: float, mismatch: MismatchConfig = Mismat
         token_weights, extra = None, {}
         if "engine_logprobs" in mb.fields:
             weights, extra = mismatch_weights(mb.fields["old_logprobs"], mb.fields["engine_logprobs"], mb.loss_mask,
-                                              mismatch)
+                                              mismatch, mb.fields.get("staleness"))
             token_weights = weights if mismatch.corrects else None
         loss, metrics = policy_loss(
             logprobs, mb.fields["old_logprobs"], mb.fields["advantages"], mb.loss_mask, norm, cfg,
@@ -129,13 +139,16 @@ def global_sums(local: dict) -> dict:
 
 def update(policy, samples: StepSamples, loss: LossConfig, layout: ParallelLayout, dp_rank: int,
            max_tokens: int, cost: CostModel, temperature: float = 1.0, mini_batches: int = 1, epochs: int = 1,
-           rng: np.random.Generator | None = None, reference=None, mismatch: MismatchConfig = MismatchConfig()) -> dict:
+           rng: np.random.Generator | None = None, reference=None, mismatch: MismatchConfig = MismatchConfig(),
+           policy_version: int | None = None) -> dict:
     """Old (and reference) log-probs for every mini-batch, then ``epochs`` passes of one optimizer step per
-    mini-batch over this rank's share. Returns the step's metric sums over all ranks, the mean gradient norm and
-    learning rate, and the step counts."""
+    mini-batch over this rank's share. ``policy_version``: the weight version being trained, against which the
+    samples' token versions give each token's staleness. Returns the step's metric sums over all ranks, the mean
+    gradient norm and learning rate, and the step counts."""
     plans = []
     for index in mini_batch_indices(len(samples.sequences), mini_batches, rng or np.random.default_rng(0)):
-        mbs = rank_micro_batches(samples.subset(index), layout, dp_rank, max_tokens, cost)
+        mbs = rank_micro_batches(samples.subset(index), layout, dp_rank, max_tokens, cost,
+                                 policy_version=policy_version)
         attach_old_logprobs(policy, mbs, temperature)
         if reference is not None:
             attach_logprobs(reference, mbs, "ref_logprobs", temperature)
