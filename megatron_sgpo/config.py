@@ -113,6 +113,10 @@ class RolloutSection:
     # prompts_per_step to complete, abort the rest and resume them at the next step (loop/april.py)
     partial: bool = False
     partial_inflight: float = 1.5
+    # asynchronous RL (loop/producer.py): step k+1's rollouts are made while step k trains, from weights at most
+    # max_staleness versions older than the policy that trains on them (0: the synchronous loop, step for step)
+    asynchronous: bool = False
+    max_staleness: int = 1
 
     def __post_init__(self):
         check_choices(self)
@@ -120,6 +124,8 @@ class RolloutSection:
             raise ValueError(f"rollout.bucket_mb must be >= 1, got {self.bucket_mb}")
         if self.partial_inflight < 1:
             raise ValueError(f"rollout.partial_inflight must be >= 1, got {self.partial_inflight}")
+        if self.max_staleness < 0:
+            raise ValueError(f"rollout.max_staleness must be >= 0, got {self.max_staleness}")
 
     def sampling(self, seed: int, temperature: float | None = None):
         """The engine's SamplingParams for these settings (``temperature`` overrides, e.g. 0 for greedy)."""
@@ -221,9 +227,22 @@ def _check_run(cfg: RunConfig) -> None:
     if cfg.rollout.partial and cfg.selection.refill:
         _refuse("rollout.partial", "partial rollouts already keep the step full by starting more groups than it "
                                    "trains; selection.refill would top it up again (set one of them)")
-    if cfg.mismatch.max_staleness is not None and not cfg.rollout.partial:
-        _refuse("mismatch.max_staleness", "only a resumed partial rollout (rollout.partial=true) holds tokens of an "
-                                          "older weight version; without it every token is current")
+    if cfg.mismatch.max_staleness is not None and not (cfg.rollout.partial or cfg.rollout.asynchronous):
+        _refuse("mismatch.max_staleness", "only partial rollouts (rollout.partial) and asynchronous rollouts "
+                                          "(rollout.asynchronous) train tokens of an older weight version; without "
+                                          "them every token is current")
+    if cfg.rollout.asynchronous:
+        if cfg.rollout.engine in ("local", "vllm"):
+            _refuse("rollout.asynchronous", f"rollout.engine={cfg.rollout.engine} runs inside rank 0, colocated with "
+                                            f"the trainer: generation and training cannot overlap (use engine "
+                                            f"servers: sglang or serve)")
+        if cfg.rollout.release_memory:
+            _refuse("rollout.asynchronous", "rollout.release_memory=true frees the engines' memory for training on "
+                                            "the same GPUs (colocated), so generation cannot overlap training; set "
+                                            "rollout.release_memory=false with engines on their own devices")
+        if cfg.rollout.partial:
+            _refuse("rollout.asynchronous", "partial rollouts (rollout.partial) already overlap steps by carrying "
+                                            "unfinished groups; use one of the two")
     if cfg.model.parallel.cp > 1:
         _refuse("model.parallel.cp", "context parallelism is not implemented: micro-batches are not split over "
                                      "context-parallel ranks (and megatron's local attention on CPU cannot shard a "

@@ -164,3 +164,4 @@ def test_a_recycled_responses_old_tokens_are_masked_in_the_loss(loop):
 def test_settings_partial_rollouts_cannot_carry_are_refused(override, key):
     with pytest.raises(ConfigError, match=f"config key {key}"):
         load_config(None, override)
+

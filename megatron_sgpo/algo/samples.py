@@ -40,6 +40,20 @@ class StepSamples:
                 if len(values) != len(seq) - p:
                     raise ValueError(f"sample {i}: {len(values)} {name} for {len(seq) - p} response tokens")
 
+    def to_dict(self) -> dict:
+        """JSON-able (for a checkpoint of rollouts made ahead of training)."""
+        arrays = lambda v: None if v is None else np.asarray(v).tolist()  # noqa: E731
+        return {"sequences": self.sequences, "prompt_lens": self.prompt_lens, "group_ids": arrays(self.group_ids),
+                "advantages": arrays(self.advantages), "weights": arrays(self.weights),
+                "engine_logprobs": self.engine_logprobs, "rewards": arrays(self.rewards),
+                "token_versions": self.token_versions}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepSamples":
+        array = lambda v: None if v is None else np.asarray(v)  # noqa: E731
+        return cls(d["sequences"], d["prompt_lens"], np.asarray(d["group_ids"]), np.asarray(d["advantages"]),
+                   array(d["weights"]), d["engine_logprobs"], array(d["rewards"]), d["token_versions"])
+
     def response_tokens(self) -> int:
         return int(sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens)))
 

@@ -79,6 +79,9 @@ class WorkloadSpec:
     mem_fraction: float = 0.6  # SGLang mem_fraction_static: weights + KV pool
     offload_training_when_colocated: bool = True
     fp8_training: bool = False
+    # asynchronous RL (rollout.asynchronous): rollouts run ahead by this many weight versions, so on engines of
+    # their own a step's generation overlaps the previous step's training; 0 = synchronous
+    max_staleness: int = 0
     name: str = "workload"
 
     @property

@@ -18,6 +18,9 @@ sync      per-stage senders (weights/sync.py): each stage's sender gathers its T
           inter-node fabric otherwise; plus a fixed cost per sync.
 offload   colocated only: training state to host and back (when configured).
 profile   k samples for every dataset prompt, once, divided over the run's steps.
+overlap   asynchronous (max_staleness >= 1) on engines of their own: the next step's rollout runs while this one
+          computes log-probs and trains, so the step takes max(rollout, logprob + train) + sync + profile;
+          colocated engines share the GPUs and cannot overlap (the trainer's config refuses it).
 Pipeline point-to-point and context-parallel KV exchange are left inside the MFU assumption.
 """
 from __future__ import annotations
@@ -46,10 +49,13 @@ class StepTime:
     sync: float
     offload: float
     profile: float
+    overlapped: bool = False  # asynchronous: rollout alongside logprob + train
 
     @property
     def total(self) -> float:
-        return self.rollout + self.logprob + self.train + self.sync + self.offload + self.profile
+        compute = self.logprob + self.train + self.offload
+        busy = max(self.rollout, compute) if self.overlapped else self.rollout + compute
+        return busy + self.sync + self.profile
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -169,7 +175,7 @@ def step_time(model: ModelShape, cl: ClusterSpec, w: WorkloadSpec, setup: TrainS
     else:
         offload = 0.0
     return StepTime(rollout=rollout_s, logprob=logprob, train=train, sync=sync, offload=offload,
-                    profile=profile_s)
+                    profile=profile_s, overlapped=w.max_staleness > 0 and not place.colocated)
 
 
 def sync_seconds(model: ModelShape, cl: ClusterSpec, lay: ParallelLayout, colocated: bool) -> float:

@@ -14,19 +14,19 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_sgpo.algo.allocate import budgeted_sizes
 from megatron_sgpo.algo.ledger import ComputeLedger
 from megatron_sgpo.algo.plan import Plan, fixed_plan, make_plan
 from megatron_sgpo.algo.posterior import PosteriorTracker
-from megatron_sgpo.algo.refill import refill
-from megatron_sgpo.algo.samples import StepSamples, build_step_samples
+from megatron_sgpo.algo.samples import StepSamples
 from megatron_sgpo.config import RunConfig, save_config
 from megatron_sgpo.loop import checkpoint
 from megatron_sgpo.loop.april import PlanRollouts
 from megatron_sgpo.loop.build import RunParts, build_parts
 from megatron_sgpo.loop.evaluate import evaluate
-from megatron_sgpo.loop.metrics import RunLog, report, rollout_stats
+from megatron_sgpo.loop.metrics import RunLog, report
+from megatron_sgpo.loop.producer import RolloutProducer, drop_stale
 from megatron_sgpo.loop.profiling import run_profiling
+from megatron_sgpo.loop.rollouts import StepRollout, StepRollouts
 from megatron_sgpo.model.flops import logprob_flops, training_flops
 from megatron_sgpo.platform.dist import run_on_rank0
 from megatron_sgpo.train.policy import NonFiniteLossError
@@ -51,9 +51,11 @@ class Trainer:
         self.plan: Plan | None = None
         self.tracker: PosteriorTracker | None = None
         self.seen: set = set()  # prompts whose posterior has absorbed training (or re-profiling) rewards
-        self._refilled: set = set()  # prompts drawn by this step's refill rounds
         self.april: PlanRollouts | None = None  # rank 0, with rollout.partial
         self._april_state: dict | None = None  # its carried groups, from the checkpoint resumed from
+        self.rollouts: StepRollouts | None = None  # rank 0
+        self.producer: RolloutProducer | None = None  # rank 0, with rollout.asynchronous
+        self._ready: list[StepRollout] = []  # steps made ahead, from the checkpoint resumed from
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
@@ -84,84 +86,6 @@ class Trainer:
         return steps[: t.steps]
 
     # ------------------------------------------------------------------ one step
-    def _group_sizes(self, step_entries, budgeted: bool = True) -> list[int]:
-        """The plan's sizes, or with online posteriors the sizes the current posteriors give (split over the step
-        budget with ``plan.allocation=budgeted``, unless ``budgeted`` is False, as for refill prompts)."""
-        if not self.tracker:
-            return [n for _, n in step_entries]
-        plan = self.cfg.plan
-        if budgeted and plan.allocation == "budgeted":
-            return budgeted_sizes([self.tracker.posterior(pid) for pid, _ in step_entries], plan.step_rollout_budget,
-                                  plan.n_min, plan.n_max)
-        return [self.tracker.group_size(pid) if pid in self.seen else n for pid, n in step_entries]
-
-    def _refill_draw(self, step_entries, rnd: int, count: int) -> list:
-        """``count`` more prompts of the plan for this step's refill round ``rnd`` (seeded by run, step, round),
-        none already generated this step, at their plan sizes."""
-        used = {pid for pid, _ in step_entries} | self._refilled
-        pool = [e for e in self.plan.entries if e.prompt_id not in used]
-        rng = np.random.default_rng([self.cfg.run.seed, self.step, 7, rnd])
-        picked = [pool[i] for i in rng.permutation(len(pool))[:count]]
-        self._refilled |= {e.prompt_id for e in picked}
-        if not picked:
-            return []
-        ns = self._group_sizes([(e.prompt_id, e.n) for e in picked], budgeted=False)
-        seed = (self.cfg.run.seed * 100003 + self.step) * 64 + rnd + 1
-        return self.parts.runner.run([self.parts.by_id[e.prompt_id] for e in picked], ns,
-                                     self.cfg.rollout.sampling(seed=seed))
-
-    def _generate(self, step_entries) -> tuple[list, tuple[int, float], dict]:
-        """Rank 0: this step's groups, their generation cost (tokens, FLOPs) and extra statistics — the plan's
-        groups for the step, or with partial rollouts the first to complete of those in flight."""
-        cfg, parts = self.cfg, self.parts
-        params = cfg.rollout.sampling(seed=cfg.run.seed * 100003 + self.step)
-        if self.april:
-            groups, info = self.april.run(parts.by_id, self._group_sizes, params, version=self.step)
-            stats = {"rollout/requests": len(info["requests"]), "rollout/stale_tokens": info["stale_tokens"],
-                     "rollout/carried_groups": info["carried"]}
-            return groups, parts.runner.request_cost(info["requests"]), stats
-        items = [parts.by_id[pid] for pid, _ in step_entries]
-        groups = parts.runner.run(items, self._group_sizes(step_entries), params)
-        return groups, parts.runner.cost(groups), {}
-
-    def _rollout(self, step_entries) -> tuple[StepSamples | None, dict]:
-        """Rank 0: this step's groups, and the samples the optimiser will see."""
-        cfg, parts = self.cfg, self.parts
-        groups, (tokens, flops), extra_stats = self._generate(step_entries)
-        generated = groups
-        if cfg.selection.refill:
-            self._refilled = set()
-            result = refill(groups, lambda rnd, count: self._refill_draw(step_entries, rnd, count), len(groups),
-                            cfg.selection.refill_rounds)
-            groups, generated = result.trained, result.generated
-            extra_stats = {"refill/rounds": result.rounds, "refill/generated_groups": len(generated),
-                           "refill/short": result.short}
-            tokens, flops = parts.runner.cost(generated)
-        self.ledger.add("rollout", tokens, flops)
-        if self.tracker:
-            for group in generated:
-                self.tracker.update(group.item.id, group.rewards)
-                self.seen.add(group.item.id)
-        samples = None
-        if groups:
-            samples = build_step_samples(groups, cfg.grsp, cfg.selection,
-                                         np.random.default_rng([cfg.run.seed, self.step]))
-        stats = {**rollout_stats(generated, [len(g.rewards) for g in generated]), **extra_stats,
-                 "rollout/tokens": tokens}
-        stats["trained_samples"] = 0 if samples is None else len(samples.sequences)
-        return samples, stats
-
-    def _reprofile(self, upcoming) -> None:
-        """Online mode: sample k answers for the prompts of the next K steps and fold them into their
-        posteriors, so their group sizes follow the current policy (rank 0; booked as profiling)."""
-        items = [self.parts.by_id[pid] for entries in upcoming for pid, _ in entries]
-        groups = self.parts.runner.run(items, [self.cfg.profile.k] * len(items),
-                                       self.cfg.rollout.sampling(seed=self.cfg.run.seed * 65537 + self.step))
-        self.ledger.add("profiling", *self.parts.runner.cost(groups))
-        for group in groups:
-            self.tracker.update(group.item.id, group.rewards)
-            self.seen.add(group.item.id)
-
     def _account_training(self, samples: StepSamples) -> None:
         """Old log-probs (and reference log-probs) once per sample, training once per sample and PPO epoch."""
         shape, passes, epochs = self.parts.shape, 1 + (self.parts.reference is not None), self.cfg.train.ppo_epochs
@@ -192,19 +116,30 @@ class Trainer:
             self._account_training(samples)
 
     def _sync(self, version: int) -> None:
-        self.weights.push(version)
+        """Push the policy's weights as ``version`` (collective); the producer, if any, waits meanwhile."""
+        if self.producer is None:
+            self.weights.push(version)
+            return
+        with self.producer.engine_lock:
+            self.weights.push(version)
+        self.producer.synced(version)
 
-    def train_one(self, steps: list) -> dict:
+    def _take_rollout(self) -> StepRollout:
+        """Rank 0: this step's rollouts, made now or (asynchronously) ahead."""
+        if self.producer is not None:
+            return self.producer.take(self.step)
+        return self.rollouts.produce(self.step)
+
+    def train_one(self) -> dict:
         cfg, parts = self.cfg, self.parts
         self.ledger.start_step(self.step)
         t0 = time.time()
-
-        def rollout():
-            if self.tracker and self.tracker.due_for_reprofile(self.step):
-                self._reprofile(steps[self.step : self.step + cfg.online.reprofile_every])
-            return self._rollout(steps[self.step])
-
-        samples, stats = run_on_rank0(f"rollout of step {self.step + 1}", rollout)
+        made = run_on_rank0(f"rollout of step {self.step + 1}", self._take_rollout)
+        for phase, tokens, flops in made.costs:  # booked in the step that trains them, on every rank
+            self.ledger.add(phase, tokens, flops)
+        samples, stats = made.samples, made.stats
+        if cfg.rollout.asynchronous:
+            samples, stats["async/dropped_groups"] = drop_stale(samples, self.step, cfg.rollout.max_staleness)
         release = cfg.rollout.release_memory and parts.engine is not None
         if release:  # colocated: the engine's weights and KV cache make room for training
             parts.engine.release_memory()
@@ -221,12 +156,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
+        """The RL state; with the producer running, taken between two of its generations (posteriors and the
+        steps made ahead agree)."""
+        if self.producer is None:
+            return self._state_now()
+        with self.producer.engine_lock:
+            return self._state_now()
+
+    def _state_now(self) -> dict:
         sgpo = self.cfg.run.mode == "sgpo"
         profile = (self.cfg.profile.path or os.path.join(self.out, "profile.json")) if sgpo else None
         return {"step": self.step, "plan": self.plan.to_dict(), "ledger": self.ledger.to_dict(), "profile": profile,
                 "posteriors": self.tracker.to_dict() if self.tracker else None, "seen": sorted(self.seen),
                 "bad_steps": self.bad_steps, "evals": self.evals,
-                "partial": self.april.state_dict() if self.april else None}
+                "partial": self.april.state_dict() if self.april else None,
+                "ready": self.producer.state() if self.producer else []}
 
     def _resume(self) -> bool:
         path = checkpoint.latest(self.out)
@@ -235,6 +179,7 @@ class Trainer:
         state = checkpoint.load(path, self.parts.policy)
         self.step, self.bad_steps, self.evals = state["step"], state["bad_steps"], state["evals"]
         self._april_state = state.get("partial")
+        self._ready = [StepRollout.from_dict(r) for r in state.get("ready", [])]
         self.plan = Plan.from_dict(state["plan"])
         self.ledger = ComputeLedger.from_dict(state["ledger"])
         if state["posteriors"]:
@@ -245,9 +190,24 @@ class Trainer:
             tqdm.write(f"resumed from {path} at step {self.step}")
         return True
 
+    def _start_rollouts(self, steps: list) -> None:
+        """Rank 0: the rollout side — partial rollouts over the whole schedule (not only train.steps of it: groups
+        are taken ahead the same way in a longer run), and the producer thread when asynchronous."""
+        cfg = self.cfg
+        if cfg.rollout.partial:
+            schedule = list(self.plan.schedule(cfg.train.prompts_per_step, cfg.train.epochs))
+            self.april = PlanRollouts(self.parts.runner, self.parts.engine, schedule, cfg.train.prompts_per_step,
+                                      cfg.rollout.partial_inflight)
+            if self._april_state:
+                self.april.load_state_dict(self._april_state)
+        self.rollouts = StepRollouts(cfg, self.parts, self.plan, steps, self.tracker, self.seen, self.april)
+        if cfg.rollout.asynchronous:
+            self.producer = RolloutProducer(self.rollouts.produce, len(steps), self.step, cfg.rollout.max_staleness,
+                                            self._ready)
+
     def _evaluate(self, tag: str) -> None:
         if self.parts.eval_items:
-            result = run_on_rank0(f"evaluation ({tag})", lambda: evaluate(self.parts, self.cfg))
+            result = run_on_rank0(f"evaluation ({tag})", self._evaluate_now)
             self.evals.append({"step": self.step, "tag": tag, "total_flops": self.ledger.total_flops, **result})
             self.log.evaluation(self.step, result)
 
@@ -255,21 +215,16 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         if not self._resume():
-            if cfg.model.megatron_path:  # the engine started from hf_path's weights: give it the policy's
-                self._sync(version=0)
+            # the engines may have started from other weights (model.megatron_path) or served another run
+            self._sync(version=0)
             self._make_plan()
             self._evaluate("before")
         steps = self._steps()
-        if cfg.rollout.partial and self.rank == 0:
-            # the whole schedule, not only train.steps of it: groups are taken ahead, the same way in a longer run
-            schedule = list(self.plan.schedule(cfg.train.prompts_per_step, cfg.train.epochs))
-            self.april = PlanRollouts(self.parts.runner, self.parts.engine, schedule, cfg.train.prompts_per_step,
-                                      cfg.rollout.partial_inflight)
-            if self._april_state:
-                self.april.load_state_dict(self._april_state)
+        if self.rank == 0:
+            self._start_rollouts(steps)
         bar = tqdm(total=len(steps), initial=self.step, desc=cfg.run.mode, disable=self.rank != 0)
         while self.step < len(steps):
-            stats = self.train_one(steps)
+            stats = self.train_one()
             self.log.step(self.step, stats, self.ledger)
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward_mean']:.2f}", n=stats["samples"])
@@ -283,6 +238,12 @@ class Trainer:
         if cfg.train.export_hf:
             self._export()
         return self._finish(len(steps))
+
+    def _evaluate_now(self) -> dict:
+        if self.producer is None:
+            return evaluate(self.parts, self.cfg)
+        with self.producer.engine_lock:
+            return evaluate(self.parts, self.cfg)
 
     def _export(self) -> None:
         """The trained policy as an HF folder, ``<output_dir>/hf`` (replaced if there)."""
@@ -302,6 +263,8 @@ class Trainer:
         if self.rank == 0:
             checkpoint.write_json_atomic(os.path.join(self.out, "summary.json"), summary)
             print(report(summary, self.out))
+        if self.producer:
+            self.producer.close()
         self.log.close()
         self.weights.close()
         if self.april:

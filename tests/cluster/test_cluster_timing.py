@@ -67,3 +67,25 @@ def test_sgpo_example_plans_with_profiling_cost():
     assert 256 * 2 < pl.n_seqs < 256 * 64  # Beta(2,3) group sizes sit between the clamps
     best = pl.rank().feasible[0]
     assert best.time.profile > 0 and best.time.total > best.time.rollout
+
+
+def test_asynchronous_steps_overlap_rollout_with_training_only_on_separate_engines():
+    from megatron_sgpo.cluster import EngineLayout, Placement, PlanInputs, Planner, WorkloadSpec
+
+    model = ModelShape(hidden=1024, layers=8, heads=8, kv_heads=8, ffn=4096, vocab=32000)
+    work = dict(prompts_per_step=8, prompt_len=64, response_mean=128, response_sigma=0.5, response_max=448,
+                mean_group_size=4)
+    setup, eng = TrainSetup(ParallelLayout(tp=2, pp=1, dp=2)), EngineLayout(2, 4)
+    for colocated in (True, False):
+        place = Placement(True, 2, 2) if colocated else Placement(False, 1, 1)
+        sync = Planner(PlanInputs(model, CL, WorkloadSpec(**work))).evaluate(setup, eng, place).time
+        ahead = Planner(PlanInputs(model, CL, WorkloadSpec(**work, max_staleness=1))).evaluate(setup, eng, place).time
+        assert sync.total == pytest.approx(sync.rollout + sync.logprob + sync.train + sync.sync + sync.offload
+                                           + sync.profile)
+        assert ahead.overlapped is not colocated
+        if colocated:  # same GPUs: nothing overlaps
+            assert ahead.total == pytest.approx(sync.total)
+        else:
+            compute = ahead.logprob + ahead.train + ahead.offload
+            assert ahead.total == pytest.approx(max(ahead.rollout, compute) + ahead.sync + ahead.profile)
+            assert ahead.total < sync.total
