@@ -1,7 +1,8 @@
-"""Asynchronous RL (rollout.asynchronous) in `sgpo train` against two `sgpo serve` engines (deterministic, seeded):
+"""Asynchronous RL (rollout.asynchronous) in `sgpo train` against two `sgpo serve` engines (deterministic, seeded),
+sGPO with online posteriors re-profiled every 2 steps, so group sizes depend on every reward seen before:
 staleness 0 reproduces the synchronous run exactly; staleness 1 trains every step on the weights of the step
-before, never older; SIGKILL mid-run and a restart train every step once and book the same compute as the run
-that was not interrupted."""
+before, never older; SIGKILL mid-run and a restart train every step once, with the same group sizes, and book
+the same compute as the run that was not interrupted."""
 import json
 import os
 import signal
@@ -38,8 +39,9 @@ def engines(tmp_path_factory):
 
 
 def args(out, urls, *extra):
-    return ["train", f"run.output_dir={out}", "run.mode=grpo", "plan.fixed_n=4", "rollout.engine=serve",
-            f"rollout.urls={urls}", "rollout.release_memory=false", "data.size=40", "data.eval_size=0",
+    return ["train", f"run.output_dir={out}", "run.mode=sgpo", "online.enabled=true", "online.reprofile_every=2",
+            "profile.k=4", "rollout.engine=serve",
+            f"rollout.urls={urls}", "rollout.release_memory=false", "data.size=100", "data.eval_size=0",
             f"train.steps={STEPS}", "train.prompts_per_step=4", "train.eval_every=0", "train.checkpoint_every=0",
             "rollout.max_new_tokens=6", "optim.lr=1e-3", *extra]
 
