@@ -9,9 +9,10 @@ and ``engine`` (behaviour), the log-ratio is d_t = old_t - engine_t:
   off-policyness of the engine's samples with bounded variance;
 - masking (the IcePop / MIS family), off by default: tokens whose ratio e^{d_t} lies outside [mask_low,
   mask_high] get weight 0 (their gradient is dropped; the loss normaliser is unchanged);
-- staleness masking, off by default: with partial rollouts a response resumed under new weights holds tokens of
-  older weight versions; a token whose version is more than ``max_staleness`` behind the policy being trained
-  gets weight 0. Tokens within the bound keep their engine log-prob as behaviour policy, so TIS corrects them.
+- staleness masking, off by default: partial rollouts (a response resumed under new weights) and asynchronous
+  rollouts (made while the previous step trains) hold tokens of older weight versions; a token whose version is
+  more than ``max_staleness`` behind the policy being trained gets weight 0. Tokens within the bound keep their
+  engine log-prob as behaviour policy, so TIS corrects them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class MismatchConfig:
     tis_cap: float = 2.0
     mask_low: Optional[float] = None
     mask_high: Optional[float] = None
-    max_staleness: Optional[int] = None  # weight versions a token may lag the trained policy (needs rollout.partial)
+    max_staleness: Optional[int] = None  # versions a token may lag the trained policy (partial or async rollouts)
 
     def __post_init__(self) -> None:
         check_choices(self)

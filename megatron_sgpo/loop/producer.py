@@ -34,6 +34,8 @@ def drop_stale(samples: StepSamples | None, version: int, max_staleness: int) ->
 
 
 class RolloutProducer:
+    """Rank 0's producer thread over ``produce(step)``; ``take`` hands the trainer each step in order."""
+
     def __init__(self, produce: Callable[[int], StepRollout], num_steps: int, version: int, max_staleness: int,
                  ready: list[StepRollout] = ()):
         self._produce, self.num_steps, self.max_staleness = produce, num_steps, max_staleness
