@@ -196,13 +196,28 @@ class WeightSync:
         self.sender = self.remote and self.rank in self.senders
         self._transport = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sync-send") if self.sender else None
+
+        def make():
+            self._transport = self._make_transport()
+
+        self._agree(self._in_stage_order(make), "weight sync set-up")
+
+    def _in_stage_order(self, fn) -> Exception | None:
+        """Collective: ``fn`` on each stage's sender, one stage after the other; this rank's error, if any. An
+        SGLang engine joins one broadcast group at a time and blocks until that group is complete, so groups set
+        up by several stages at once can deadlock: each engine busy joining the group another engine has not
+        reached yet."""
         error = None
-        if self.sender:
-            try:
-                self._transport = self._make_transport()
-            except Exception as exc:  # noqa: BLE001  every rank must learn of it (collective below)
-                error = exc
-        self._agree(error, "weight sync set-up")
+        from megatron.core import parallel_state as ps
+
+        for stage in range(ps.get_pipeline_model_parallel_world_size()):
+            if self.sender and self.stage == stage:
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001  every rank must learn of it (collective by the caller)
+                    error = exc
+            dist.barrier()
+        return error
 
     def _make_transport(self):
         from megatron_sgpo.rollout.sglang import SGLangClient
@@ -231,8 +246,10 @@ class WeightSync:
                 self._check_versions(version)
                 return stats
             if attempt == 1:
-                if self.sender:
-                    self._transport.reconnect()
+                unjoined = rank_errors(self._in_stage_order(lambda: self._transport.reconnect()))
+                if unjoined:
+                    failed = unjoined
+                    break
                 continue
         raise EngineError(f"weight sync to version {version} failed twice; engines may hold a partial update and "
                           f"must not serve: " + "; ".join(f"rank {r}: {e}" for r, e in failed))
