@@ -2,7 +2,10 @@
 
 The engine is `sgpo serve` (the local engine behind SGLang's HTTP API) on the chosen device. Transports:
 - ``tensor``: SGLang's ``/update_weights_from_tensor``: the client pickles tensor *handles* (CUDA IPC
-  handles on a GPU, shared-memory files on the CPU), the server maps them and copies into its weights;
+  handles on a GPU, shared-memory files on the CPU), the server maps them and copies into its weights; the
+  client sends one flat buffer per bucket (``load_format="flattened_bucket"``);
+- ``per_tensor``: the same endpoint with one handle per tensor (no ``load_format``), the format the
+  tensor path used before it flattened its buckets, as the baseline of that change;
 - ``broadcast``: SGLang's ``/update_weights_from_distributed`` over a gloo group of CPU tensors (NCCL would
   need two GPUs: it refuses two ranks on one device).
 The baseline is ``copy_`` of the same tensors on the same device within one process. Each transport is
@@ -17,9 +20,11 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -34,7 +39,7 @@ def parse(argv=None):
         p.add_argument(f"--{flag}", type=int, default=default, help=f"random-init Llama (default {default})")
     p.add_argument("--bucket-mb", type=int, default=256)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--transports", default="tensor,broadcast")
+    p.add_argument("--transports", default="tensor,per_tensor,broadcast")
     p.add_argument("--json", default="")
     return p.parse_args(argv)
 
@@ -50,6 +55,7 @@ def measure_transport(client, kind: str, tensors: list, bucket_bytes: int, reps:
     from megatron_sgpo.bench.throughput import timed_locally
     from megatron_sgpo.platform.dist import free_port
     from megatron_sgpo.weights.sync import buckets
+    from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
 
     if kind == "broadcast":
         client.weight_sync = "distributed"
@@ -60,10 +66,21 @@ def measure_transport(client, kind: str, tensors: list, bucket_bytes: int, reps:
     plan = list(buckets(tensors, bucket_bytes))
     version = iter(range(1000, 10**6))
 
+    def post_per_tensor(bucket, v):
+        items = [(n, t.detach().contiguous() if t.is_cuda else t.detach().clone()) for n, t in bucket]
+        client.request("POST", "/update_weights_from_tensor", {
+            "serialized_named_tensors": [serialize_named_tensors(items)], "weight_version": str(v),
+            "flush_cache": False}, retry=False)
+
     def send(named_buckets):
         v = next(version)
+        client.begin_weight_update(v)
         for bucket in named_buckets:
-            client.update_weights(bucket, v)
+            if kind == "per_tensor":
+                post_per_tensor(bucket, v)
+            else:
+                client.update_weights(bucket, v)
+        client.end_weight_update(v)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
@@ -74,8 +91,38 @@ def measure_transport(client, kind: str, tensors: list, bucket_bytes: int, reps:
     restored = abs(_next_token_logprob(client) + math.log(vocab)) > 1e-2
     nbytes = sum(t.numel() * t.element_size() for _, t in tensors)
     med = statistics.median(secs)
-    return {"bytes": nbytes, "buckets": len(plan), "seconds_all": secs, "GBps": nbytes / med / 1e9,
-            "GBps_best": nbytes / min(secs) / 1e9, "verified": bool(uniform and restored)}
+    out = {"bytes": nbytes, "buckets": len(plan), "seconds_all": secs, "GBps": nbytes / med / 1e9,
+           "GBps_best": nbytes / min(secs) / 1e9, "verified": bool(uniform and restored)}
+    if kind == "tensor":
+        out["bucket_ms"] = bucket_breakdown(client, plan, next(version))
+    return out
+
+
+def bucket_breakdown(client, plan, version: int) -> dict:
+    """Where one flattened bucket's time goes (median over the buckets, ms): the sender's flatten and
+    pickling, the whole HTTP request, and inside it the server's mapping of the handles and its load."""
+    from megatron_sgpo.weights.tensor_handles import FLATTENED, flatten_bucket, serialize_handles
+
+    rows = []
+    client.begin_weight_update(version)
+    for bucket in plan:
+        t0 = time.perf_counter()
+        flat = flatten_bucket(bucket)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        payload = serialize_handles(flat)
+        t2 = time.perf_counter()
+        reply = client.request("POST", "/update_weights_from_tensor", {
+            "serialized_named_tensors": [payload], "load_format": FLATTENED, "weight_version": str(version),
+            "flush_cache": False}, retry=False)
+        t3 = time.perf_counter()
+        mapped, loaded = (float(x) for x in re.findall(r"in ([0-9.]+) ms", reply.get("message", ""))[:2])
+        rows.append({"flatten": t1 - t0, "pickle": t2 - t1, "request": t3 - t2, "server_map": mapped / 1e3,
+                     "server_load": loaded / 1e3})
+        del flat
+    client.end_weight_update(version)
+    return {k: round(1e3 * statistics.median(r[k] for r in rows), 2) for k in rows[0]}
 
 
 def main(argv=None) -> int:
@@ -110,6 +157,8 @@ def main(argv=None) -> int:
         print(f"{kind:<9} {r['bytes'] / 1e6:.1f} MB in {r['buckets']} bucket(s): {r['GBps']:.3f} GB/s, "
               f"{r['ratio_to_copy']:.3f}x a plain copy ({report['copy']['GBps']:.3f} GB/s) on {report['device_name']}; "
               f"verified {r['verified']}")
+        if "bucket_ms" in r:
+            print(f"          per bucket (median ms): {r['bucket_ms']}")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:

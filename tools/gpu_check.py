@@ -8,8 +8,9 @@ Run from the repository root on the GPU machine, after the carried wheels are in
  3. tools/benchmark_throughput.py on a 1.1B Llama-shaped model in bf16: training step (MFU against the
     datasheet peak), log-prob pass, weight sync against a device copy, rollout; peak GPU memory per phase
     beside the cluster planner's prediction for the same model and layout;
- 4. benchmarks/weight_transport.py on CUDA: tensor handles (CUDA IPC) and the gloo broadcast into a separate
-    engine process, against a device copy of the same bytes.
+ 4. benchmarks/weight_transport.py on CUDA: tensor handles (CUDA IPC; one flat buffer per bucket, and one handle
+    per tensor as its baseline) and the gloo broadcast into a separate engine process, against a device copy
+    of the same bytes.
 Every step is a subprocess with its own time limit; results are written after each step, so a killed run
 still leaves gpu_check.json and gpu_check.md in --out. Without CUDA it prints one line and exits 0;
 ``--cpu-dry-run`` runs every step's command on the CPU with a tiny model instead (tests/test_gpu_check.py).
@@ -148,7 +149,7 @@ def markdown(result: dict) -> str:
                          f"{s['ratio_to_copy']:.3f}x a device copy ({s['copy_GBps']:.1f} GB/s).")
     transport = result.get("transport")
     if transport:
-        for kind in ("tensor", "broadcast"):
+        for kind in ("tensor", "per_tensor", "broadcast"):
             if kind in transport:
                 t = transport[kind]
                 lines.append(f"Transport `{kind}` into `sgpo serve`: {t['GBps']:.2f} GB/s, "

@@ -220,6 +220,8 @@ class LocalEngine(RolloutEngine):
         with self._lock, torch.no_grad():
             for name, t in items:
                 targets[name].copy_(t.to(device=self.device, dtype=targets[name].dtype))
+            if self.device.type == "cuda":  # the sender may free (or reuse) its shared buffers once we answer
+                torch.cuda.synchronize(self.device)
             self._version = int(version)
 
     def update_weights_from_disk(self, model_path: str, version: Optional[int] = None) -> None:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
-from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
+from megatron_sgpo.weights.tensor_handles import FLATTENED, flatten_bucket, serialize_handles
 
 
 def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
@@ -47,16 +47,16 @@ class HandleTransport:
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)), thread_name_prefix="sync-handles")
 
     def send(self, bucket, version: int) -> None:
-        # alive until every engine has answered. A CPU tensor is copied first: pickling moves a storage into a
-        # shared-memory file that is unlinked once the engine lets go of it, so a parameter shared as it is would
-        # name a missing file at the next sync; CUDA IPC handles have no such lifetime.
-        items = [(n, t.detach().contiguous() if t.is_cuda else t.detach().clone()) for n, t in bucket]
-        payload = serialize_named_tensors(items)
+        # One flat buffer per bucket, alive until every engine has answered: one CUDA IPC handle (or one
+        # shared-memory file on CPU) instead of one per tensor, and a copy, so pickling never moves a parameter's
+        # own storage into a shared-memory file that vanishes once the engine lets go of it.
+        flat = flatten_bucket(bucket)
+        payload = serialize_handles(flat)
         _all(self._pool, lambda c: c.request(
             "POST", "/update_weights_from_tensor",
-            {"serialized_named_tensors": [payload] * c.tp_size, "weight_version": str(int(version)),
-             "flush_cache": False}, retry=False), self.clients)
-        del items
+            {"serialized_named_tensors": [payload] * c.tp_size, "load_format": FLATTENED,
+             "weight_version": str(int(version)), "flush_cache": False}, retry=False), self.clients)
+        del flat
 
     def reconnect(self) -> None:
         """Nothing to re-create: every bucket is a self-contained request."""

@@ -13,7 +13,13 @@ from megatron_sgpo.rollout.protocol import (
     parse_completion,
     to_sglang_sampling,
 )
-from megatron_sgpo.weights.tensor_handles import deserialize_named_tensors, serialize_named_tensors
+from megatron_sgpo.weights.tensor_handles import (
+    FLATTENED,
+    deserialize_named_tensors,
+    flatten_bucket,
+    serialize_handles,
+    serialize_named_tensors,
+)
 
 
 def test_sampling_params_round_trip_with_sglang_names():
@@ -75,3 +81,24 @@ def test_deserialiser_rejects_arbitrary_pickles():
         deserialize_named_tensors(evil)
     with pytest.raises(ValueError, match="list of \\(name, tensor\\)"):
         deserialize_named_tensors(base64.b64encode(pickle.dumps([1, 2])).decode())
+
+
+def test_a_flattened_bucket_round_trips_with_aligned_views():
+    """SGLang's flattened_bucket payload: one buffer, each tensor at a 64-byte aligned offset, dtypes mixed."""
+    tensors = [("a", torch.arange(3, dtype=torch.bfloat16)), ("b.weight", torch.randn(2, 5)),
+               ("c", torch.tensor([7], dtype=torch.int64))]
+    flat = flatten_bucket(tensors)
+    assert [m.start_idx for m in flat["metadata"]] == [0, 64, 128]
+    assert [m.numel for m in flat["metadata"]] == [6, 40, 8]
+    back = deserialize_named_tensors(serialize_handles(flat), FLATTENED)
+    assert [n for n, _ in back] == ["a", "b.weight", "c"]
+    assert all(torch.equal(x, y) and x.dtype == y.dtype for (_, x), (_, y) in zip(tensors, back))
+
+
+def test_a_flattened_bucket_whose_metadata_overruns_its_buffer_is_refused():
+    flat = flatten_bucket([("a", torch.zeros(4))])
+    flat["metadata"][0].end_idx += 4
+    with pytest.raises(ValueError, match="metadata for 'a'.*buffer of 16 bytes"):
+        deserialize_named_tensors(serialize_handles(flat), FLATTENED)
+    with pytest.raises(ValueError, match="flattened_tensor.*metadata"):
+        deserialize_named_tensors(serialize_handles([("a", torch.zeros(4))]), FLATTENED)
