@@ -8,8 +8,8 @@ answered (an HTTP round trip guarantees it).
 
 Two payloads: a list of (name, tensor) pairs (``load_format`` unset), one handle per tensor; and
 SGLang's ``load_format="flattened_bucket"``, a dict of one flat byte buffer and per-tensor metadata
-(:func:`flatten_bucket`), one handle per bucket. Opening a CUDA IPC handle costs milliseconds, so a
-bucket of a hundred tensors is much faster flattened (docs/benchmarks.md, "GPU check").
+(:func:`flatten_bucket`), one handle per bucket: the weight sync's format. The receiver then maps one
+CUDA IPC handle (or one shared-memory file) per bucket instead of one per tensor.
 
 The receiving side unpickles with an allow-list of torch rebuild functions and types only.
 """
@@ -111,7 +111,7 @@ class _TorchOnlyUnpickler(pickle.Unpickler):
 
 def deserialize_named_tensors(payload: str | bytes, load_format: str | None = None) -> list[tuple[str, torch.Tensor]]:
     """Inverse of serialize_named_tensors (or, with load_format="flattened_bucket", of
-    serialize_flattened_bucket); raises ValueError on anything that is not such a payload."""
+    serialize_handles(flatten_bucket(...))); raises ValueError on anything that is not such a payload."""
     use_file_system_sharing()
     try:
         raw = base64.b64decode(payload, validate=True) if isinstance(payload, str) else bytes(payload)
