@@ -118,3 +118,15 @@ def test_update_weights_from_disk(client, tmp_path, tiny_model_dir):
     client.update_weights_from_disk(tiny_model_dir, version=22)
     with pytest.raises(EngineError, match="no \\*.safetensors"):
         client.update_weights_from_disk(str(tmp_path), version=23)
+
+
+def test_small_requests_do_not_wait_for_a_delayed_ack(client):
+    """With Nagle on, every reply's body waited ~40 ms for the client's delayed ACK of its headers; `sgpo serve`
+    sets TCP_NODELAY (benchmarks/request_latency.py measures both)."""
+    client.request("GET", "/get_model_info")
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        client.request("GET", "/get_model_info")
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[5] < 0.02, times
