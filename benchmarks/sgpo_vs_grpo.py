@@ -1,7 +1,8 @@
 """sGPO and its variants against the baselines users would pick, on several seeds, as a reviewer would measure it.
 
-Every (method, seed) is one `sgpo quickstart` run (bundled policy, arith task) with the method's overrides and a
-greedy evaluation every ``--eval-every`` steps on ``--eval-size`` held-out prompts. Protocol:
+Every (method, seed) is one `sgpo quickstart` run (a task with a bundled policy: ``--task arith`` or ``signed``)
+with the method's overrides and a greedy evaluation every ``--eval-every`` steps on ``--eval-size`` held-out
+prompts. Protocol:
 
 - Reference: GRPO with n = 8 (``grpo_n8``). Its plateau is the mean over seeds of its last third of evaluations;
   the rule "GRPO has plateaued" holds when that mean is within one standard error of the previous third's (the
@@ -16,7 +17,7 @@ greedy evaluation every ``--eval-every`` steps on ``--eval-size`` held-out promp
 
 Writes ``OUT/results.md`` (the table), ``OUT/results.json`` and ``OUT/curves.png`` (accuracy against compute,
 mean and range across seeds, every method). Finished runs (those with a summary.json) are not rerun; an
-unfinished one starts over.
+unfinished one starts over. ``--jobs N`` runs N at a time, each with cpu_count / N threads.
 
     python benchmarks/sgpo_vs_grpo.py --seeds 0 1 2 3 4 --steps 150 --out runs/sgpo_vs_grpo
 """
@@ -28,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -53,10 +55,13 @@ def run(method: str, seed: int, args) -> dict:
     if not os.path.exists(summary):
         shutil.rmtree(out, ignore_errors=True)  # an unfinished run (killed benchmark) starts over
         cmd = [sys.executable, "-m", "megatron_sgpo.cli", "quickstart", f"run.output_dir={out}", f"run.seed={seed}",
-               f"data.size={args.prompts}", f"data.eval_size={args.eval_size}", f"train.steps={args.steps}",
-               f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "train.checkpoint_every=0",
-               *METHODS[method], *args.overrides]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               f"data.task={args.task}", f"data.size={args.prompts}", f"data.eval_size={args.eval_size}",
+               f"train.steps={args.steps}", f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}",
+               "train.checkpoint_every=0", *METHODS[method], *args.overrides]
+        print(f"{method} seed {seed}", flush=True)
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 else {}
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, **threads})
     with open(summary) as f:
         return json.load(f)
 
@@ -133,7 +138,7 @@ def markdown(a: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[dict]], path: str) -> None:
+def plot(results: dict[str, list[dict]], path: str, task: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +153,7 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
         ax.fill_between(flops, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.12)
     ax.set_xlabel("training compute, FLOPs (profiling included, evaluation excluded)")
     ax.set_ylabel("held-out greedy accuracy (3-point moving average)")
-    ax.set_title(f"mean and range over {len(next(iter(results.values())))} seeds")
+    ax.set_title(f"{task}: mean and range over {len(next(iter(results.values())))} seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -156,6 +161,7 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="arith", choices=["arith", "signed"], help="a task with a bundled policy")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--steps", type=int, default=150)
@@ -164,16 +170,15 @@ def main(argv=None) -> int:
     p.add_argument("--eval-size", type=int, default=2500)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--out", default="runs/sgpo_vs_grpo")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cpu_count / jobs threads")
     p.add_argument("overrides", nargs="*", help="extra dotted overrides for every run")
     args = p.parse_args(argv)
     methods = list(dict.fromkeys([REFERENCE, *args.methods]))
     os.makedirs(args.out, exist_ok=True)
-    results = {}
-    for method in methods:
-        results[method] = []
-        for seed in args.seeds:
-            print(f"{method} seed {seed}", flush=True)
-            results[method].append(run(method, seed, args))
+    pairs = [(method, seed) for method in methods for seed in args.seeds]
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        done = dict(zip(pairs, pool.map(lambda pair: run(*pair, args), pairs)))
+    results = {method: [done[method, seed] for seed in args.seeds] for method in methods}
     analysis = analyse(results, args.eval_size)
     text = markdown(analysis)
     print(text)
@@ -182,7 +187,7 @@ def main(argv=None) -> int:
                 f"{text}\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(analysis, f, indent=1)
-    plot(results, os.path.join(args.out, "curves.png"))
+    plot(results, os.path.join(args.out, "curves.png"), args.task)
     return 0
 
 

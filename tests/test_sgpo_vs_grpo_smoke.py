@@ -1,17 +1,19 @@
 """Smoke test of the sGPO-vs-baselines benchmark (benchmarks/sgpo_vs_grpo.py): 2 seeds x 3 steps of three
-methods; the full protocol (5 seeds, plateaued GRPO) is far too long for the test suite."""
+methods on the second task (`signed`); the full protocol (5 seeds, plateaued GRPO) is far too long for the test
+suite."""
 import json
 import os
 
 import numpy as np
+import yaml
 
 from benchmarks import sgpo_vs_grpo
 
 
 def test_benchmark_runs_resumes_and_reports_every_method(tmp_path):
     out = str(tmp_path / "bench")
-    argv = ["--seeds", "0", "1", "--methods", "dapo_refill", "sgpo_budgeted", "--steps", "3", "--epochs", "1",
-            "--prompts", "40", "--eval-size", "30", "--eval-every", "1", "--out", out]
+    argv = ["--task", "signed", "--seeds", "0", "1", "--methods", "dapo_refill", "sgpo_budgeted", "--steps", "3",
+            "--epochs", "1", "--jobs", "2", "--prompts", "40", "--eval-size", "30", "--eval-every", "1", "--out", out]
     assert sgpo_vs_grpo.main(argv) == 0
     analysis = json.load(open(os.path.join(out, "results.json")))
     assert set(analysis["methods"]) == {"grpo_n8", "dapo_refill", "sgpo_budgeted"}
@@ -21,6 +23,8 @@ def test_benchmark_runs_resumes_and_reports_every_method(tmp_path):
             assert 0 <= cell["reached"] <= 2 and ("ratio" not in cell or cell["ratio"][1] <= cell["ratio"][2])
     assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
     assert "| sgpo_budgeted |" in open(os.path.join(out, "results.md")).read()
+    config = yaml.safe_load(open(os.path.join(out, "sgpo_budgeted-seed1", "config.yaml")))
+    assert config["data"]["task"] == "signed" and config["run"]["seed"] == 1
     stamp = os.path.getmtime(os.path.join(out, "grpo_n8-seed0", "summary.json"))
     assert sgpo_vs_grpo.main(argv) == 0  # resumes: finished runs are read back, not rerun
     assert os.path.getmtime(os.path.join(out, "grpo_n8-seed0", "summary.json")) == stamp

@@ -1,12 +1,15 @@
-"""Train the tiny bundled policy of the CPU quickstart: a character-level Llama on `arith`.
+"""Train a tiny bundled policy: a character-level Llama on `arith` (the quickstart's) or `signed`.
 
 Why: the quickstart must profile and run sGPO in minutes on 2 CPU cores, so it needs a
 model that already answers in the right format but whose success rate spreads from
 p≈1 (1-digit sums) through medium to p≈0 (3-digit products) — the regime sGPO sorts.
 We get that spread by stopping a supervised run on a skewed mix of levels at step 1000
-of a 2400-step schedule (a fully annealed run makes levels 2-3 too easy).
+of a 2400-step schedule (a fully annealed run makes levels 2-3 too easy). The `signed`
+policy stops at step 1600 on its own mix: its task's easiest level (most of its prompts) is solved
+by then, and the others are still medium.
 
-    python tools/train_bundled_policy.py --out megatron_sgpo/assets/arith-llama-tiny
+    python tools/train_bundled_policy.py                 # arith -> megatron_sgpo/assets/arith-llama-tiny
+    python tools/train_bundled_policy.py --task signed   # signed -> megatron_sgpo/assets/signed-llama-tiny
 
 Deterministic for a seed (single thread, seeded data and init); prints the success rate
 per level measured by sampling at temperature 1.
@@ -24,8 +27,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from megatron_sgpo.tasks import arith
+from megatron_sgpo.tasks import arith, signed
 
+# Per task: its level table and the defaults that produced the bundled folder.
+TASKS = {
+    "arith": dict(table=arith.LEVELS, out="megatron_sgpo/assets/arith-llama-tiny", steps=1000,
+                  mix="1:3,2:2,3:2,4:1,5:0.3"),
+    "signed": dict(table=signed.LEVELS, out="megatron_sgpo/assets/signed-llama-tiny", steps=1600,
+                   mix="1:1,2:1,3:1,4:0.5,5:0.5"),
+}
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = list("0123456789+-*=()QA: \n")
 
@@ -59,12 +69,12 @@ def build_model(tokenizer, hidden: int, layers: int, seed: int):
     return LlamaForCausalLM(config)
 
 
-def make_batch(rng: random.Random, tokenizer, size: int, mix: dict[int, float]):
+def make_batch(rng: random.Random, tokenizer, size: int, mix: dict[int, float], table: dict):
     """Right-padded (input_ids, attention_mask, labels); loss only on answer + eos."""
     levels, weights = zip(*sorted(mix.items()))
     seqs, labels = [], []
     for level in rng.choices(levels, weights=weights, k=size):
-        expr, value = arith.make_problem(rng, level)
+        expr, value = arith.make_problem(rng, level, table)
         prompt = tokenizer(arith.format_prompt(expr))["input_ids"]
         answer = tokenizer(str(value), add_special_tokens=False)["input_ids"]
         answer.append(tokenizer.eos_token_id)
@@ -79,12 +89,12 @@ def make_batch(rng: random.Random, tokenizer, size: int, mix: dict[int, float]):
 
 
 @torch.no_grad()
-def success_rates(model, tokenizer, n_prompts: int, k: int, seed: int, batch: int = 400):
+def success_rates(model, tokenizer, n_prompts: int, k: int, seed: int, table: dict, batch: int = 400):
     """Per level: mean reward over n_prompts × k samples at temperature 1."""
     model.eval()
     tokenizer.padding_side = "left"
     verifier = arith.ArithVerifier()
-    items = arith.generate(n_prompts, seed=seed, prefix="eval")
+    items = arith.generate(n_prompts, seed=seed, prefix="eval", table=table)
     torch.manual_seed(seed)
     flat = [it for it in items for _ in range(k)]
     hits: dict[int, list[float]] = {}
@@ -128,10 +138,11 @@ def save(model, tokenizer, out: str, meta: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="megatron_sgpo/assets/arith-llama-tiny")
+    p.add_argument("--task", choices=sorted(TASKS), default="arith")
+    p.add_argument("--out", help="default: the task's bundled folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1000,
-                   help="stop here, early in the schedule: a partially trained policy")
+    p.add_argument("--steps", type=int,
+                   help="stop here, early in the schedule: a partially trained policy (default: the task's)")
     p.add_argument("--horizon", type=int, default=2400,
                    help="length of the warmup+cosine schedule (independent of --steps, so a "
                         "run stopped at N equals a longer run's step N)")
@@ -139,13 +150,17 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--mix", default="1:3,2:2,3:2,4:1,5:0.3",
-                   help="level:weight pairs of the training mix")
+    p.add_argument("--mix", help="level:weight pairs of the training mix (default: the task's)")
     p.add_argument("--eval-prompts", type=int, default=50)
     p.add_argument("--eval-k", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate during training")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    task = TASKS[args.task]
+    for key in ("out", "steps", "mix"):
+        if getattr(args, key) is None:
+            setattr(args, key, task[key])
+    table = task["table"]
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -163,7 +178,7 @@ def main(argv=None) -> int:
     model.train()
     bar = tqdm(range(args.steps), desc="sft", file=sys.stderr)
     for step in bar:
-        ids, mask, labels = make_batch(rng, tokenizer, args.batch, mix)
+        ids, mask, labels = make_batch(rng, tokenizer, args.batch, mix, table)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -173,16 +188,16 @@ def main(argv=None) -> int:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            rates = success_rates(model, tokenizer, 25, 4, seed=1234)
+            rates = success_rates(model, tokenizer, 25, 4, seed=1234, table=table)
             tqdm.write(f"step {step + 1}: " + "  ".join(f"L{l}={r:.2f}" for l, r in rates.items()),
                        file=sys.stderr)
     train_s = time.time() - t0
-    rates = success_rates(model, tokenizer, args.eval_prompts, args.eval_k, seed=1234)
+    rates = success_rates(model, tokenizer, args.eval_prompts, args.eval_k, seed=1234, table=table)
     print(f"trained {args.steps} steps in {train_s:.0f}s; success rate at temperature 1 "
           f"({args.eval_prompts} prompts x {args.eval_k} samples per level):")
     print("| level | example | p |\n|---|---|---|")
     for level, rate in rates.items():
-        example = arith.make_problem(random.Random(level), level)[0]
+        example = arith.make_problem(random.Random(level), level, table)[0]
         print(f"| {level} | `{example}` | {rate:.2f} |")
     save(model, tokenizer, args.out, {
         "args": vars(args), "parameters": n_params, "train_seconds": round(train_s, 1),

@@ -25,6 +25,7 @@ class Level:
     terms: int
     digits: tuple[int, ...]  # digits of each term, len == terms
     ops: str  # operators drawn uniformly between terms
+    group_last: bool = False  # parenthesise the last two terms: a-(b+c)
 
 
 # Ordered by how fast the tiny model learns them, not by textbook difficulty: 1-digit sums
@@ -47,15 +48,24 @@ def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
 
-def make_problem(rng: random.Random, level: int) -> tuple[str, int]:
-    """One expression of the given level and its value (evaluated left to right)."""
-    spec = LEVELS[level]
+def _apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def make_problem(rng: random.Random, level: int, table: dict[int, Level] = LEVELS) -> tuple[str, int]:
+    """One expression of the given level of ``table`` and its value (left to right, parentheses first)."""
+    spec = table[level]
     values = [_operand(rng, d) for d in spec.digits]
     ops = [rng.choice(spec.ops) for _ in range(spec.terms - 1)]
-    expr, total = str(values[0]), values[0]
-    for op, v in zip(ops, values[1:]):
-        expr += f"{op}{v}"
-        total = total + v if op == "+" else total - v if op == "-" else total * v
+    terms = [str(v) for v in values]
+    if spec.group_last:  # a-(b+c): the last two terms become one
+        terms[-2:] = [f"({terms[-2]}{ops[-1]}{terms[-1]})"]
+        values[-2:] = [_apply(ops[-1], values[-2], values[-1])]
+        ops = ops[:-1]
+    expr, total = terms[0], values[0]
+    for op, term, v in zip(ops, terms[1:], values[1:]):
+        expr += op + term
+        total = _apply(op, total, v)
     return expr, total
 
 
@@ -63,17 +73,18 @@ def format_prompt(expr: str) -> str:
     return PROMPT_TEMPLATE.format(expr=expr)
 
 
-def generate(n_per_level: int, levels: Sequence[int] = tuple(LEVELS), seed: int = 0,
-             prefix: str = "arith") -> list[TaskItem]:
-    """``n_per_level`` items of each level, interleaved by level; same seed, same items."""
+def make_item(rng: random.Random, level: int, item_id: str, task: str = "arith",
+              table: dict[int, Level] = LEVELS) -> TaskItem:
+    expr, value = make_problem(rng, level, table)
+    return TaskItem(id=item_id, prompt=format_prompt(expr), answer=str(value), meta={"level": level, "task": task})
+
+
+def generate(n_per_level: int, levels: Sequence[int] | None = None, seed: int = 0, prefix: str = "arith",
+             table: dict[int, Level] = LEVELS, task: str = "arith") -> list[TaskItem]:
+    """``n_per_level`` items of each level of ``table``, interleaved by level; same seed, same items."""
     rng = random.Random(seed)
-    items = []
-    for i in range(n_per_level):
-        for level in levels:
-            expr, value = make_problem(rng, level)
-            items.append(TaskItem(id=f"{prefix}-{seed}-L{level}-{i}", prompt=format_prompt(expr),
-                                  answer=str(value), meta={"level": level, "task": "arith"}))
-    return items
+    return [make_item(rng, level, f"{prefix}-{seed}-L{level}-{i}", task, table)
+            for i in range(n_per_level) for level in (levels or tuple(table))]
 
 
 def extract_response_answer(response_text: str) -> str:

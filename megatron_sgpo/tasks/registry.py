@@ -26,7 +26,7 @@ class TaskSpec:
 
 
 TASKS = Registry("task", "a TaskSpec, or a function (size, seed) -> list[TaskItem]",
-                 builtin={"arith": "megatron_sgpo.tasks.arith:TASK"})
+                 builtin={"arith": "megatron_sgpo.tasks.arith:TASK", "signed": "megatron_sgpo.tasks.signed:TASK"})
 
 
 def _gym_items(task: str) -> Callable[[int, int], list[TaskItem]]:
