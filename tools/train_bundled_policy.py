@@ -28,13 +28,12 @@ import torch
 from tqdm import tqdm
 
 from megatron_sgpo.tasks import arith, signed
+from megatron_sgpo.tasks.registry import get_task
 
-# Per task: its level table and the defaults that produced the bundled folder.
+# Per task: its level table and the defaults that produced its bundled folder (the registry's TaskSpec.policy).
 TASKS = {
-    "arith": dict(table=arith.LEVELS, out="megatron_sgpo/assets/arith-llama-tiny", steps=1000,
-                  mix="1:3,2:2,3:2,4:1,5:0.3"),
-    "signed": dict(table=signed.LEVELS, out="megatron_sgpo/assets/signed-llama-tiny", steps=1600,
-                   mix="1:1,2:1,3:1,4:0.5,5:0.5"),
+    "arith": dict(table=arith.LEVELS, steps=1000, mix="1:3,2:2,3:2,4:1,5:0.3"),
+    "signed": dict(table=signed.LEVELS, steps=1600, mix="1:1,2:1,3:1,4:0.5,5:0.5"),
 }
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = list("0123456789+-*=()QA: \n")
@@ -157,9 +156,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     task = TASKS[args.task]
-    for key in ("out", "steps", "mix"):
+    for key in ("steps", "mix"):
         if getattr(args, key) is None:
             setattr(args, key, task[key])
+    args.out = args.out or os.path.relpath(get_task(args.task).policy)
     table = task["table"]
 
     torch.set_num_threads(args.threads)
