@@ -54,8 +54,8 @@ class PlanRollouts:
                 raise EngineError(f"a token of weight version {max(versions)} came back while the engines should "
                                   f"serve version {version}")
             stale += sum(v < version for v in versions)
-            item = by_id[self.queue[key][0]]
-            groups.append(self.runner.score(item, self.runner.encode(item.prompt), completions))
+            prompt_ids = completions[0].extra["prompt_ids"]  # encoded when the group started, maybe a step ago
+            groups.append(self.runner.score(by_id[self.queue[key][0]], prompt_ids, completions))
         return groups, {"requests": self.rollouts.take_segments(), "stale_tokens": stale,
                         "carried": len(self.rollouts.carried)}
 

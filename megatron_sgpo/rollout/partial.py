@@ -64,8 +64,8 @@ class PartialRollouts:
     def run(self, groups: list[tuple[Hashable, list[int], int]], target: int,
             params: SamplingParams) -> dict[Hashable, list[Completion]]:
         """Start the carried groups and then ``groups`` (key, prompt ids, n); return the first ``target`` groups
-        to complete (key → n completions whose ``extra["token_versions"]`` tag every token); the others are
-        aborted and carried to the next call."""
+        to complete (key → n completions; ``extra["token_versions"]`` tags every token, ``extra["prompt_ids"]`` is
+        the group's prompt); the others are aborted and carried to the next call."""
         if target < 1:
             raise ValueError(f"target must be >= 1, got {target}")
         todo = dict(self.carried)
@@ -137,7 +137,7 @@ class PartialRollouts:
         versions = [v for v in s.versions if v >= 0]
         return Completion(0, list(s.token_ids), list(s.logprobs), s.finish,
                           weight_version=versions[-1] if versions else None,
-                          extra={"token_versions": list(s.versions), "group": group.key})
+                          extra={"token_versions": list(s.versions), "group": group.key, "prompt_ids": group.prompt})
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

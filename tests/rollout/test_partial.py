@@ -73,6 +73,7 @@ def test_short_groups_return_long_ones_are_carried_and_resumed_under_new_weights
             versions = c.extra["token_versions"]
             k = versions.index(1)  # the tokens before the abort came from version 0, the rest from version 1
             assert 0 < k < need and versions == [0] * k + [1] * (need - k)
+            assert c.extra["prompt_ids"] == dict((g[0], g[1]) for g in groups)[key]  # the prompt it started with
 
 
 def test_every_generated_token_is_counted_once(april):
