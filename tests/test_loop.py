@@ -196,6 +196,8 @@ def test_dapo_refill_trains_a_full_step_of_informative_groups_and_books_every_ro
         assert s["refill/generated_groups"] == len(s["prompts"]) == len(set(s["prompts"])) >= 3
         assert s["samples"] == sum(s["group_sizes"]) == 4 * len(s["prompts"])
         assert s["trained_samples"] == 4 * (3 - s["refill/short"])
+        informative, found = round(s["rollout/informative_groups"] * len(s["prompts"])), 3 - s["refill/short"]
+        assert informative >= found and (s["refill/short"] == 0 or informative == found)
     with open(os.path.join(out, "summary.json")) as f:
         rollout = json.load(f)["compute"]["rollout"]
     assert rollout["tokens"] == sum(s["rollout/tokens"] for s in steps)  # the ledger booked every generated group

@@ -6,12 +6,16 @@ import os
 
 import numpy as np
 
+from megatron_sgpo.algo.refill import informative
+
 
 def rollout_stats(groups, group_sizes: list[int]) -> dict:
-    """Rewards, pass rates (overall and per difficulty level) and group sizes of one step's rollouts."""
+    """Rewards, pass rates (overall and per difficulty level), group sizes and the share of informative groups
+    (rewards not all equal, so a non-zero advantage) of one step's rollouts."""
     rewards = np.array([r for g in groups for r in g.rewards])
     stats = {"reward_mean": float(rewards.mean()), "accuracy": float((rewards >= 1.0).mean()),
-             "samples": len(rewards), "group_sizes": group_sizes, "prompts": [g.item.id for g in groups]}
+             "samples": len(rewards), "group_sizes": group_sizes, "prompts": [g.item.id for g in groups],
+             "rollout/informative_groups": float(np.mean([informative(g) for g in groups]))}
     for level in sorted({g.item.meta.get("level") for g in groups} - {None}):
         lv = [r for g in groups if g.item.meta.get("level") == level for r in g.rewards]
         stats[f"pass_rate/level{level}"] = float(np.mean([r >= 1.0 for r in lv]))
