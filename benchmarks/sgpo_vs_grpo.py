@@ -5,8 +5,9 @@ with the method's overrides and a greedy evaluation every ``--eval-every`` steps
 prompts. Protocol:
 
 - Reference: GRPO with n = 8 (``grpo_n8``). Its plateau is the mean over seeds of its last third of evaluations;
-  the rule "GRPO has plateaued" holds when that mean is within one standard error of the previous third's (the
-  script prints whether it held; if not, run longer).
+  the rule "GRPO has plateaued" holds when that mean is no more than one standard error above the previous
+  third's: GRPO no longer improves. A curve that falls after its peak has plateaued too, and its plateau then lies
+  below the peak (the script prints whether the rule held; if not, run longer).
 - Gain G = plateau - start accuracy (the mean of every run's step-0 evaluation). For each fraction f (50/75/90/95 %)
   a run reaches start + f G at the first evaluation whose centred 3-point moving average of accuracy does (one
   lucky evaluation is not enough); its compute is the ledger's FLOPs there (profiling, rollouts, log-prob and
@@ -80,12 +81,12 @@ def compute_to_reach(evals: list[dict], target: float) -> float | None:
 
 
 def plateau(ref_runs: list[dict]) -> tuple[float, bool]:
-    """Mean accuracy of GRPO's last third of evaluations over seeds, and whether it is flat (see module doc)."""
+    """Mean accuracy of GRPO's last third of evaluations over seeds, and whether it no longer rises (module doc)."""
     curves = np.array([[e["accuracy"] for e in r["evals"]] for r in ref_runs])
     third = max(curves.shape[1] // 3, 1)
     last, before = curves[:, -third:].ravel(), curves[:, -2 * third: -third].ravel()
     stderr = last.std(ddof=1) / np.sqrt(last.size) if last.size > 1 else float("inf")
-    return float(last.mean()), bool(before.size and abs(last.mean() - before.mean()) <= stderr)
+    return float(last.mean()), bool(before.size and last.mean() - before.mean() <= stderr)
 
 
 def bootstrap_ratio(ref: np.ndarray, other: np.ndarray, draws: int = 10_000, seed: int = 0) -> tuple:

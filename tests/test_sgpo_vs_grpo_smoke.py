@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import yaml
 
 from benchmarks import sgpo_vs_grpo
@@ -37,3 +38,15 @@ def test_bootstrap_interval_and_moving_average_on_hand_made_numbers():
     evals = [{"accuracy": a, "total_flops": i + 1} for i, a in enumerate(accs)]
     # one lucky evaluation (0.9 at 3 FLOPs) does not count: the moving average first reaches 0.55 at 6 FLOPs
     assert sgpo_vs_grpo.compute_to_reach(evals, 0.55) == 6
+
+
+def test_plateau_rule_holds_on_flat_and_falling_curves_and_not_on_rising_ones():
+    def runs(curve):
+        noise = [0.0, 0.002, -0.002]  # three seeds, so the last third has a standard error
+        return [{"evals": [{"accuracy": a + d} for a in curve]} for d in noise]
+
+    flat, rising, falling = [0.5] * 9, [0.1 * i for i in range(9)], [0.9 - 0.05 * i for i in range(9)]
+    assert sgpo_vs_grpo.plateau(runs(flat)) == (pytest.approx(0.5), True)
+    assert sgpo_vs_grpo.plateau(runs(rising))[1] is False
+    top, holds = sgpo_vs_grpo.plateau(runs(falling))
+    assert holds and top == pytest.approx(np.mean(falling[-3:]))  # below the peak: the mean of the last third
