@@ -104,6 +104,15 @@ def copy_side_files(src: str, dst: str) -> list[str]:
     return copied
 
 
+def own_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on CPU, contiguous and the sole user of its storage, as safetensors files need: a view (a
+    gate/up half, a vocab slice of a weight) is copied, so the file holds its own bytes only."""
+    tensor = tensor.detach().contiguous().cpu()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
 class ShardedWriter:
     """Writes (name, tensor) pairs into safetensors shards of at most ``max_shard_bytes``."""
 
@@ -123,7 +132,7 @@ class ShardedWriter:
         size = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + size > self.max_shard_bytes:
             self._flush()
-        self._pending[name] = tensor.detach().contiguous().cpu()
+        self._pending[name] = own_bytes(tensor)
         self._pending_bytes += size
         self.total_bytes += size
 

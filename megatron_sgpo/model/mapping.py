@@ -108,20 +108,22 @@ class WeightMapping:
 
     # ---- megatron -> HF ----------------------------------------------------------------------
     def to_hf(self, mg_name: str, shards: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """HF (name, full tensor) pairs from all TP ranks' shards of one megatron parameter."""
+        """HF (name, full tensor) pairs from all TP ranks' shards of one megatron parameter. From a single shard
+        (TP=1) they are views of it where the layout allows, not copies: a weight sync copies each tensor once,
+        into its bucket."""
         rule = self.rule(mg_name)
         if rule.kind == "replicated":
             return [(rule.hf_names[0], shards[0])]
         if rule.kind == "dim1":
-            return [(rule.hf_names[0], torch.cat(shards, dim=1))]
+            return [(rule.hf_names[0], _cat(shards, dim=1))]
         if rule.kind == "vocab":
-            return [(rule.hf_names[0], torch.cat(shards)[: self.vocab_size])]
+            return [(rule.hf_names[0], _cat(shards)[: self.vocab_size])]
         if rule.kind == "fc1":
             halves = [s.chunk(2) for s in shards]
-            gate = torch.cat([h[0] for h in halves])
-            up = torch.cat([h[1] for h in halves])
+            gate = _cat([h[0] for h in halves])
+            up = _cat([h[1] for h in halves])
             return list(zip(rule.hf_names, (gate, up)))
-        return list(zip(rule.hf_names, self._split_qkv(torch.cat(shards))))
+        return list(zip(rule.hf_names, self._split_qkv(_cat(shards))))
 
     # ---- layouts -----------------------------------------------------------------------------
     def _merge_qkv(self, q, k, v):
@@ -146,6 +148,11 @@ class WeightMapping:
             raise ValueError(f"vocab tensor has {t.shape[0]} rows but config vocab_size={self.vocab_size}")
         pad = self.padded_vocab - self.vocab_size
         return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+
+
+def _cat(shards: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """torch.cat, without the copy when there is only one shard."""
+    return shards[0] if len(shards) == 1 else torch.cat(shards, dim=dim)
 
 
 def global_names(chunk) -> dict[str, str]:

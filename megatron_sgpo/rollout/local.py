@@ -90,6 +90,7 @@ class LocalEngine(RolloutEngine):
         self._lock = threading.Lock()  # one forward pass owner at a time (the server is threaded)
         self._abort_epoch = 0
         self._released = False
+        self._target_cache: Optional[dict[str, torch.Tensor]] = None
 
     @classmethod
     def from_config(cls, rollout, model_path: str) -> "LocalEngine":
@@ -202,10 +203,14 @@ class LocalEngine(RolloutEngine):
 
     # ----------------------------------------------------------------- weights
     def _targets(self) -> dict[str, torch.Tensor]:
-        named = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights answer to both names
-        named.update({n: b for n, b in self.model.named_buffers(remove_duplicate=False)
-                      if n in self.model.state_dict()})
-        return named
+        """Every loadable tensor by HF name, built once (each weight-update request needs it); moving the model
+        between devices replaces its buffers, so that drops it."""
+        if self._target_cache is None:
+            named = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights answer to both names
+            persistent = self.model.state_dict().keys()
+            named.update({n: b for n, b in self.model.named_buffers(remove_duplicate=False) if n in persistent})
+            self._target_cache = named
+        return self._target_cache
 
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         """Copy HF-named tensors into the model; checks every name and shape before writing any."""
@@ -248,6 +253,7 @@ class LocalEngine(RolloutEngine):
         with self._lock:
             if self.device.type == "cuda":
                 self.model.to("cpu")
+                self._target_cache = None
                 torch.cuda.empty_cache()
             self._released = True
 
@@ -255,6 +261,7 @@ class LocalEngine(RolloutEngine):
         with self._lock:
             if self.device.type == "cuda":
                 self.model.to(self.device)
+                self._target_cache = None
             self._released = False
 
     def abort(self) -> None:

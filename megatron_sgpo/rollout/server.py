@@ -23,6 +23,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
@@ -34,6 +35,8 @@ from megatron_sgpo.weights.tensor_handles import FLATTENED, deserialize_named_te
 from .engine import EngineError
 from .local import LocalEngine
 from .protocol import completion_to_json, normalize_generate_request
+
+MAPPED_BUFFERS = 8  # flattened buckets kept mapped: senders reuse theirs, and one still mapped costs no new mapping
 
 
 class HTTPError(Exception):
@@ -52,6 +55,7 @@ class SGLangCompatApp:
         self.inflight_lock = threading.Lock()
         self.groups: dict[str, Any] = {}
         self.session_open = False
+        self.mapped_buffers: deque = deque(maxlen=MAPPED_BUFFERS)
         get_post = ("GET", "POST")
         self.routes: dict[tuple[str, str], Callable[[dict], Any]] = {}
         for methods, path, fn in [
@@ -207,6 +211,8 @@ class SGLangCompatApp:
             raise HTTPError(400, f"load_format {load_format!r} is not supported by sgpo serve")
         start = time.perf_counter()
         named = deserialize_named_tensors(payloads[0], load_format)  # this server is a single TP rank
+        if named and load_format == FLATTENED:
+            self.mapped_buffers.append(named[0][1])
         mapped = time.perf_counter()
         version = self._version(body)
         self.engine.update_weights(named, version)

@@ -19,6 +19,7 @@ of sampling from a half-updated model.
 from __future__ import annotations
 
 import socket
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -32,6 +33,7 @@ from megatron_sgpo.rollout.engine import EngineError
 
 Named = list[tuple[str, torch.Tensor]]
 TRANSPORTS = ("tensor", "distributed", "disk")
+SENDS_IN_FLIGHT = 2  # the most any transport takes at once (its ``in_flight``)
 
 
 def _is_sender() -> bool:
@@ -195,7 +197,7 @@ class WeightSync:
         self.senders = _stage_senders()
         self.sender = self.remote and self.rank in self.senders
         self._transport = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sync-send") if self.sender else None
+        self._pool = ThreadPoolExecutor(SENDS_IN_FLIGHT, thread_name_prefix="sync-send") if self.sender else None
 
         def make():
             self._transport = self._make_transport()
@@ -306,28 +308,31 @@ class WeightSync:
         self._agree(error, "weight sync to the engines left in rotation")
 
     def _stream(self, version: int, stats: dict) -> Exception | None:
-        """Senders: gather and send bucket by bucket, one bucket in flight; TP peers: send shards."""
+        """Senders: gather and send bucket by bucket, up to the transport's ``in_flight`` buckets on their way
+        while the next is gathered; TP peers: send shards."""
         named = stage_hf_tensors(self.chunks, self.mapping, self.dtype) if self._takes_part() else iter(())
         if not self.sender:
             for _ in named:
                 stats["full_tensors"] += 1
             return None
-        pending, error = None, None
-        try:  # the next bucket's gather overlaps this one's send
+        pending, error = deque(), None
+        try:
             for bucket in buckets(named, self.bucket_bytes):
-                if pending is not None:
-                    pending.result()
-                pending = self._pool.submit(self._transport.send, bucket, version)
+                while len(pending) >= self._transport.in_flight:
+                    pending.popleft().result()
+                pending.append(self._pool.submit(self._transport.send, bucket, version))
                 stats["buckets"] += 1
                 stats["tensors"] += len(bucket)
                 stats["full_tensors"] += len(bucket)
                 stats["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
-            if pending is not None:
-                pending.result()
+            while pending:
+                pending.popleft().result()
         except Exception as exc:  # noqa: BLE001  a failed send: reported to every rank by the caller
             error = exc
             for _ in named:  # finish the gathers, so the TP peers are not left waiting in one
                 pass
+            for p in pending:  # no send may still write into the engines when the caller retries
+                p.exception()
         return error
 
     def _takes_part(self) -> bool:

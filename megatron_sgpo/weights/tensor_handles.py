@@ -20,6 +20,7 @@ import io
 import pickle
 from multiprocessing.reduction import ForkingPickler
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.multiprocessing as tmp
@@ -51,9 +52,10 @@ def serialize_named_tensors(named_tensors) -> str:
     return serialize_handles([(str(n), t.detach()) for n, t in named_tensors])
 
 
-def flatten_bucket(named_tensors) -> dict:
+def flatten_bucket(named_tensors, buffer: Callable[[int, torch.device], torch.Tensor] | None = None) -> dict:
     """Copy a bucket into one byte buffer on its device, with SGLang's per-tensor metadata (name, shape,
-    dtype, start_idx, end_idx, numel in bytes); SimpleNamespace passes SGLang's unpickling allow-list."""
+    dtype, start_idx, end_idx, numel in bytes); SimpleNamespace passes SGLang's unpickling allow-list.
+    ``buffer(nbytes, device)`` gives the 1-D uint8 buffer to fill (a new one by default)."""
     items = [(str(n), t.detach()) for n, t in named_tensors]
     if not items or len({t.device for _, t in items}) != 1:
         raise ValueError("a flattened bucket needs at least one tensor, all on one device")
@@ -63,7 +65,11 @@ def flatten_bucket(named_tensors) -> dict:
         offset = start + t.numel() * t.element_size()
         meta.append(SimpleNamespace(name=name, shape=t.shape, dtype=t.dtype, start_idx=start, end_idx=offset,
                                     numel=offset - start))
-    flat = torch.empty(offset, dtype=torch.uint8, device=items[0][1].device)
+    device = items[0][1].device
+    flat = buffer(offset, device) if buffer is not None else torch.empty(offset, dtype=torch.uint8, device=device)
+    if flat.dtype != torch.uint8 or flat.shape != (offset,) or flat.device != device:
+        raise ValueError(f"a bucket of {offset} bytes on {device} needs a uint8 buffer of that size there, got "
+                         f"{flat.dtype} {tuple(flat.shape)} on {flat.device}")
     for m, (_, t) in zip(meta, items):
         flat[m.start_idx:m.end_idx].view(t.dtype).view(t.shape).copy_(t)
     return {"flattened_tensor": flat, "metadata": meta}

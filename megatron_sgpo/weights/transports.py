@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import time
 import uuid
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
-from megatron_sgpo.weights.tensor_handles import FLATTENED, flatten_bucket, serialize_handles
+from megatron_sgpo.weights.tensor_handles import FLATTENED, flatten_bucket, serialize_handles, use_file_system_sharing
 
 
 def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
@@ -40,33 +41,63 @@ def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
 
 
 class HandleTransport:
-    """One serialisation per bucket, the same handles posted to every engine (once per engine TP rank)."""
+    """The same bucket posted to every engine as handles, pickled once per engine TP rank.
+
+    Each bucket is packed into one of ``in_flight`` persistent flat buffers, shared memory on CPU: packing is
+    then one copy into memory the engines have mapped before, pickling sends its name rather than moving the
+    bytes, and bucket k+1 is packed while the engines load bucket k. A buffer is reused only once every engine
+    has answered for the bucket it held."""
+
+    in_flight = 2
 
     def __init__(self, clients):
         self.clients = list(clients)
-        self._pool = ThreadPoolExecutor(max(1, len(self.clients)), thread_name_prefix="sync-handles")
+        self._pool = ThreadPoolExecutor(max(1, len(self.clients)) * self.in_flight, thread_name_prefix="sync-handles")
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.in_flight):
+            self._free.put({})
 
     def send(self, bucket, version: int) -> None:
-        # One flat buffer per bucket, alive until every engine has answered: one CUDA IPC handle (or one
-        # shared-memory file on CPU) instead of one per tensor, and a copy, so pickling never moves a parameter's
-        # own storage into a shared-memory file that vanishes once the engine lets go of it.
-        flat = flatten_bucket(bucket)
-        payload = serialize_handles(flat)
-        _all(self._pool, lambda c: c.request(
-            "POST", "/update_weights_from_tensor",
-            {"serialized_named_tensors": [payload] * c.tp_size, "load_format": FLATTENED,
-             "weight_version": str(int(version)), "flush_cache": False}, retry=False), self.clients)
-        del flat
+        slot = self._free.get()  # one per send in flight, so this never waits
+        try:
+            flat = flatten_bucket(bucket, lambda n, d: staging_buffer(slot, n, d))
+            # one pickling per receiving rank: each adds the reference to the shared-memory file that its receiver
+            # takes over, so a file a second receiver opens is never unlinked under the sender's reused buffer
+            payloads = {id(c): [serialize_handles(flat) for _ in range(c.tp_size)] for c in self.clients}
+            _all(self._pool, lambda c: c.request(
+                "POST", "/update_weights_from_tensor",
+                {"serialized_named_tensors": payloads[id(c)], "load_format": FLATTENED,
+                 "weight_version": str(int(version)), "flush_cache": False}, retry=False), self.clients)
+        finally:
+            self._free.put(slot)
 
     def reconnect(self) -> None:
         """Nothing to re-create: every bucket is a self-contained request."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        while not self._free.empty():
+            self._free.get().clear()
+
+
+def staging_buffer(slot: dict, nbytes: int, device: torch.device) -> torch.Tensor:
+    """The first ``nbytes`` of the slot's buffer, (re)allocated when too small or on another device. Never a
+    parameter's own storage, which pickling on CPU would move into a file that vanishes with the engine's use."""
+    buf = slot.get("buffer")
+    if buf is None or buf.numel() < nbytes or buf.device != device:
+        slot.pop("buffer", None)
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if device.type == "cpu":
+            use_file_system_sharing()  # a file another process can open by name, not a descriptor of ours
+            buf.share_memory_()
+        slot["buffer"] = buf
+    return buf[:nbytes]
 
 
 class BroadcastTransport:
     """This sender is rank 0 of a group that holds every rank of every engine; one broadcast feeds them all."""
+
+    in_flight = 1  # every engine receives the broadcasts in the order they were posted
 
     def __init__(self, clients, backend: str, address: str, group_name: str, timeout_s: float = 120.0,
                  port: int | None = None):
@@ -146,6 +177,8 @@ class DiskTransport:
     and the config and tokenizer files, then every engine reloads the folder. Needs a file system shared by
     the senders and the engines."""
 
+    in_flight = 1
+
     def __init__(self, clients, folder: str, stage: int):
         self.clients, self.folder, self.stage = list(clients), folder, stage
         self._count = 0
@@ -153,9 +186,11 @@ class DiskTransport:
     def send(self, bucket, version: int) -> None:
         from safetensors.torch import save_file
 
+        from megatron_sgpo.model.hf_io import own_bytes
+
         os.makedirs(self.folder, exist_ok=True)
         name = f"stage{self.stage}-{self._count:05d}.safetensors"
-        save_file({n: t.detach().contiguous().cpu() for n, t in bucket}, os.path.join(self.folder, name + ".tmp"),
+        save_file({n: own_bytes(t) for n, t in bucket}, os.path.join(self.folder, name + ".tmp"),
                   metadata={"format": "pt"})
         os.replace(os.path.join(self.folder, name + ".tmp"), os.path.join(self.folder, name))
         self._count += 1
