@@ -45,7 +45,7 @@ def worker(a) -> None:
     from megatron_sgpo.config import RolloutSection
     from megatron_sgpo.model.hf_io import HFCheckpoint
     from megatron_sgpo.model.mapping import WeightMapping
-    from megatron_sgpo.platform.dist import init_parallel
+    from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
     from megatron_sgpo.platform.layout import ParallelLayout
     from megatron_sgpo.rollout.fleet import EngineFleet
     from megatron_sgpo.train.policy import Policy
@@ -83,6 +83,7 @@ def worker(a) -> None:
         fleet.close()
         with open(a.out, "w") as f:
             json.dump(report, f)
+    destroy_parallel()
 
 
 def copy_seconds(model: str, reps: int) -> tuple[float, int]:

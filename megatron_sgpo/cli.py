@@ -24,8 +24,12 @@ def _train(args) -> int:
     if args.command == "profile" and cfg.run.mode != "sgpo":
         raise ConfigError(f"config key run.mode: sgpo profile needs run.mode=sgpo, got {cfg.run.mode}")
     from megatron_sgpo.loop.trainer import Trainer
+    from megatron_sgpo.platform.dist import destroy_parallel
 
     Trainer(cfg).run()
+    # Gloo's threads left to interpreter shutdown can abort the process ("terminate called without an active
+    # exception"). Only after success: after a failure, other ranks may still be inside a collective.
+    destroy_parallel()
     return 0
 
 

@@ -211,8 +211,8 @@ class SGLangCompatApp:
             raise HTTPError(400, f"load_format {load_format!r} is not supported by sgpo serve")
         start = time.perf_counter()
         named = deserialize_named_tensors(payloads[0], load_format)  # this server is a single TP rank
-        if named and load_format == FLATTENED:
-            self.mapped_buffers.append(named[0][1])
+        if named and load_format == FLATTENED and named[0][1].device.type == "cpu":
+            self.mapped_buffers.append(named[0][1])  # not CUDA IPC: that would pin the sender's memory
         mapped = time.perf_counter()
         version = self._version(body)
         self.engine.update_weights(named, version)

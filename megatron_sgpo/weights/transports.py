@@ -43,10 +43,10 @@ def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
 class HandleTransport:
     """The same bucket posted to every engine as handles, pickled once per engine TP rank.
 
-    Each bucket is packed into one of ``in_flight`` persistent flat buffers, shared memory on CPU: packing is
-    then one copy into memory the engines have mapped before, pickling sends its name rather than moving the
-    bytes, and bucket k+1 is packed while the engines load bucket k. A buffer is reused only once every engine
-    has answered for the bucket it held."""
+    Each bucket is packed into one of ``in_flight`` flat buffers, and bucket k+1 is packed while the engines load
+    bucket k. On CPU the buffers are shared memory kept for the whole run: packing is one copy into memory the
+    engines have mapped before, and pickling sends its name rather than moving the bytes. A buffer is reused only
+    once every engine has answered for the bucket it held."""
 
     in_flight = 2
 
@@ -69,6 +69,8 @@ class HandleTransport:
                 {"serialized_named_tensors": payloads[id(c)], "load_format": FLATTENED,
                  "weight_version": str(int(version)), "flush_cache": False}, retry=False), self.clients)
         finally:
+            if slot.get("buffer") is not None and slot["buffer"].device.type != "cpu":
+                slot.clear()  # the CUDA caching allocator reuses the memory anyway; hold none through training
             self._free.put(slot)
 
     def reconnect(self) -> None:

@@ -24,7 +24,7 @@ from megatron_sgpo.model.convert import (
     read_metadata,
 )
 from megatron_sgpo.model.hf_config import load_hf_config
-from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 
 
@@ -86,3 +86,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process

@@ -16,7 +16,7 @@ from megatron_sgpo.algo.samples import StepSamples
 from megatron_sgpo.batch import CostModel
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.mapping import global_names
-from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.policy import NonFiniteLossError, Policy
 from megatron_sgpo.train.update import attach_old_logprobs, make_loss_fn, normalizer, rank_micro_batches
@@ -97,3 +97,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process

@@ -15,6 +15,7 @@ from sync_worker import load_policy, parse_layout_args, train_step  # the worker
 
 from megatron_sgpo.config import RolloutSection
 from megatron_sgpo.model.mapping import WeightMapping
+from megatron_sgpo.platform.dist import destroy_parallel
 from megatron_sgpo.rollout.engine import SamplingParams
 from megatron_sgpo.train.step import collate
 from megatron_sgpo.weights.sync import WeightSync
@@ -97,3 +98,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process

@@ -16,7 +16,7 @@ from megatron_sgpo.model.hf_config import load_hf_config
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.load import load_hf_weights
 from megatron_sgpo.model.mapping import WeightMapping
-from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.logprob import vocab_parallel_logprobs
 
@@ -101,3 +101,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process

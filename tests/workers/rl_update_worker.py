@@ -23,7 +23,7 @@ from megatron_sgpo.batch import CostModel
 from megatron_sgpo.model.build import ModelOptions
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.mapping import global_names
-from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.policy import OptimConfig, Policy
 from megatron_sgpo.train.reference import ReferencePolicy
@@ -160,3 +160,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process

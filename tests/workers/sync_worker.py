@@ -17,7 +17,7 @@ from megatron_sgpo.algo.samples import StepSamples
 from megatron_sgpo.batch import CostModel
 from megatron_sgpo.model.hf_io import HFCheckpoint
 from megatron_sgpo.model.mapping import WeightMapping
-from megatron_sgpo.platform.dist import init_parallel
+from megatron_sgpo.platform.dist import destroy_parallel, init_parallel
 from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.rollout.local import LocalEngine
 from megatron_sgpo.train.policy import OptimConfig, Policy
@@ -88,3 +88,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    destroy_parallel()  # before interpreter exit: gloo's threads may otherwise abort the process
