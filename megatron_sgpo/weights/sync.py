@@ -33,7 +33,6 @@ from megatron_sgpo.rollout.engine import EngineError
 
 Named = list[tuple[str, torch.Tensor]]
 TRANSPORTS = ("tensor", "distributed", "disk")
-SENDS_IN_FLIGHT = 2  # the most any transport takes at once (its ``in_flight``)
 
 
 def _is_sender() -> bool:
@@ -197,12 +196,13 @@ class WeightSync:
         self.senders = _stage_senders()
         self.sender = self.remote and self.rank in self.senders
         self._transport = None
-        self._pool = ThreadPoolExecutor(SENDS_IN_FLIGHT, thread_name_prefix="sync-send") if self.sender else None
 
         def make():
             self._transport = self._make_transport()
 
         self._agree(self._in_stage_order(make), "weight sync set-up")
+        self._pool = (ThreadPoolExecutor(self._transport.in_flight, thread_name_prefix="sync-send")
+                      if self.sender else None)
 
     def _in_stage_order(self, fn) -> Exception | None:
         """Collective: ``fn`` on each stage's sender, one stage after the other; this rank's error, if any. An
