@@ -1,11 +1,13 @@
 """The whole weight sync — megatron policy under torchrun → engine servers — per transport, at PP=1 and PP=2,
 against a plain copy of the same bytes, in one run.
 
-The driver starts ``--engines`` `sgpo serve` processes on the model (one thread each), then runs this file under
-torchrun once per pipeline size; each rank loads the policy, and every transport's ``WeightSync.push`` is timed
-(one warm-up, then ``--reps``, median; all ranks aligned by barriers). At PP=2 both stages' senders send at once.
-The baseline is ``copy_`` of the model's HF tensors in the driver process (same bytes, same device). Engines hold
-the synced weights afterwards; their weight version is checked after every push.
+The driver starts ``--engines`` `sgpo serve` processes on the model (one generation thread each; a weight update
+copies on every core, the trainer waiting meanwhile), then runs this file under torchrun once per pipeline size;
+each rank loads the policy, and every transport's ``WeightSync.push`` is timed (one warm-up, then ``--reps``,
+median; all ranks aligned by barriers). At PP=2 both stages' senders send at once. The baseline is ``copy_`` of
+the model's HF tensors in the driver process (same bytes, same device, default threads), measured before and after
+the runs (their mean is the figure). Engines hold the synced weights afterwards; their weight version is checked
+after every push.
 
     python benchmarks/weight_sync_speed.py --model /tmp/smollm2 [--engines 1] [--pp 1 2] [--reps 3]
 """
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     try:
         for launcher in launchers:
             launcher.wait_healthy(300)
-        copy_s, copy_bytes = copy_seconds(a.model, a.reps)
+        before, copy_bytes = copy_seconds(a.model, a.reps)
         for pp in a.pp:
             with tempfile.NamedTemporaryFile(suffix=".json") as out, tempfile.TemporaryFile("w+") as log:
                 cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={pp}",
@@ -122,10 +124,13 @@ def main(argv=None) -> int:
                     log.seek(0)
                     raise SystemExit(f"PP={pp} run failed:\n{log.read()[-4000:]}")
                 results[pp] = json.load(open(out.name))
+        after, _ = copy_seconds(a.model, a.reps)  # the machine's speed drifts: the baseline brackets the runs
+        copy_s = (before + after) / 2
     finally:
         for launcher in launchers:
             launcher.stop()
-    print(f"plain copy: {copy_bytes / 1e6:.1f} MB in {copy_s * 1e3:.1f} ms = {copy_bytes / copy_s / 1e9:.2f} GB/s; "
+    print(f"plain copy: {copy_bytes / 1e6:.1f} MB in {copy_s * 1e3:.1f} ms (before the runs {before * 1e3:.1f}, "
+          f"after {after * 1e3:.1f}) = {copy_bytes / copy_s / 1e9:.2f} GB/s; "
           f"{a.engines} engine(s), bucket {a.bucket_mb} MB, median of {a.reps}")
     print("| transport | PP | seconds | GB/s per engine | × plain copy | PP=2 vs PP=1 |")
     print("|---|---|---|---|---|---|")

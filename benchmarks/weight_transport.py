@@ -54,7 +54,7 @@ def measure_transport(client, kind: str, tensors: list, bucket_bytes: int, reps:
     """GB/s of one full update over ``kind``, and the uniform-log-prob check of its correctness."""
     from megatron_sgpo.bench.throughput import timed_locally
     from megatron_sgpo.platform.dist import free_port
-    from megatron_sgpo.weights.sync import buckets
+    from megatron_sgpo.weights.stage_tensors import buckets
     from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
 
     if kind == "broadcast":

@@ -51,6 +51,12 @@ def test_only_the_stage_senders_hold_full_tensors(synced, transport):
     assert counts[0]["full_tensors"] == stage0 and counts[2]["full_tensors"] == stage1
 
 
+def test_at_tp2_the_senders_pack_the_gathered_tensors(synced):
+    """Gathered TP shards are new tensors, not views of shared parameters: they go through the staging buffers."""
+    counts = synced[0]["tensor"]["counts"]
+    assert all(c["packed_bytes"] >= c["bytes"] > 0 for c in counts if c["sender"])
+
+
 def test_a_dead_engine_is_left_out_of_the_sync_and_the_others_get_the_update(synced):
     beside = synced[0]["beside_dead"]
     assert beside["messages"] == [""] * 4

@@ -7,7 +7,7 @@ import torch
 
 from megatron_sgpo.model.hf_io import own_bytes
 from megatron_sgpo.weights.tensor_handles import FLATTENED, deserialize_named_tensors, flatten_bucket
-from megatron_sgpo.weights.transports import HandleTransport
+from megatron_sgpo.weights.transports import HandleTransport, in_shared_memory, share_cpu_parameters
 
 
 class RecordingClient:
@@ -17,12 +17,13 @@ class RecordingClient:
     url, tp_size = "http://engine", 1
 
     def __init__(self, hold=None):
-        self.received, self.files, self.hold = [], set(), hold
+        self.received, self.files, self.formats, self.hold = [], set(), [], hold
 
     def request(self, method, path, body, retry=True):
-        assert (method, path, body["load_format"]) == ("POST", "/update_weights_from_tensor", FLATTENED)
-        named = deserialize_named_tensors(body["serialized_named_tensors"][0], FLATTENED)
-        self.files.add(named[0][1].untyped_storage()._share_filename_cpu_()[1])
+        assert (method, path) == ("POST", "/update_weights_from_tensor")
+        self.formats.append(body["load_format"])
+        named = deserialize_named_tensors(body["serialized_named_tensors"][0], body["load_format"])
+        self.files.update(t.untyped_storage()._share_filename_cpu_()[1] for _, t in named)
         if self.hold is not None:
             self.hold(named)
         self.received.append([(n, t.clone()) for n, t in named])
@@ -51,6 +52,7 @@ def test_buckets_reuse_two_shared_memory_files_and_arrive_intact():
     finally:
         transport.close()
     assert len(client.files) == 2  # five buckets through the same two, already mapped, files
+    assert client.formats == [FLATTENED] * 5 and transport.packed_bytes >= 5 * 4014
     for i, got in enumerate(client.received):
         assert [n for n, _ in got] == [n for n, _ in _bucket(i)]
         assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, _bucket(i)))
@@ -92,40 +94,112 @@ def test_safetensors_get_a_view_as_its_own_bytes_and_a_whole_tensor_as_is():
     assert copied.untyped_storage().nbytes() == half.numel() * half.element_size()
 
 
+def test_share_cpu_parameters_moves_their_storage_in_place_once():
+    layer = torch.nn.Linear(8, 6)
+    view = layer.weight.detach()[:3]  # taken before the move: it follows the storage
+    assert not in_shared_memory([("w", view)])
+    assert share_cpu_parameters([layer]) == (8 * 6 + 6) * 4
+    assert in_shared_memory([("w", view), ("b", layer.bias.detach())])
+    assert share_cpu_parameters([layer]) == 0
+    with torch.no_grad():
+        layer.weight.add_(1)
+    assert torch.equal(view, layer.weight.detach()[:3])
+
+
+def test_too_little_shared_memory_is_refused_before_any_parameter_moves(monkeypatch):
+    from types import SimpleNamespace
+
+    from megatron_sgpo.weights import transports
+
+    layer = torch.nn.Linear(8, 6)
+    monkeypatch.setattr(transports.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    with pytest.raises(RuntimeError, match=r"shared memory, but /dev/shm has 0.00 GiB free: enlarge it \(docker run "
+                                           r"--shm-size\) or use rollout.weight_sync=distributed"):
+        share_cpu_parameters([layer])
+    assert not in_shared_memory([("w", layer.weight), ("b", layer.bias)])
+
+
+def test_shared_parameter_views_go_as_a_handle_each_and_only_the_rest_is_packed():
+    layer = torch.nn.Linear(8, 6)
+    share_cpu_parameters([layer])
+    w = layer.weight.detach().view(2, 3, 8)
+    bucket = [("q", w[:, :1]), ("kv", w[:, 1:]), ("b", layer.bias.detach())]  # strided views, as a QKV split
+    client = RecordingClient()
+    transport = HandleTransport([client])
+    try:
+        transport.send(bucket, 1)
+        assert client.formats == [None] and transport.packed_bytes == 0
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(client.received[0], bucket))
+        mixed = bucket + [("x", torch.ones(3))]  # one tensor of its own memory: only that one is packed
+        transport.send(mixed, 1)
+        assert client.formats == [None, None] and transport.packed_bytes == 3 * 4
+        assert [n for n, _ in client.received[1]] == ["q", "kv", "b", "x"]
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(client.received[1], mixed))
+        transport.send([("y", torch.zeros(5))], 1)  # nothing shared: one flat buffer
+        assert client.formats == [None, None, FLATTENED] and transport.packed_bytes == 3 * 4 + 5 * 4
+    finally:
+        transport.close()
+
+
 SENDER = """
 import subprocess, sys, torch
-from megatron_sgpo.weights.transports import HandleTransport
+from megatron_sgpo.weights.transports import HandleTransport, share_cpu_parameters
 
 class OtherProcess:
     url, tp_size = "http://engine", 1
     def request(self, method, path, body, retry=True):
         decode = ("import sys; from megatron_sgpo.weights.tensor_handles import deserialize_named_tensors as d; "
-                  "n = d(sys.stdin.read(), 'flattened_bucket'); "
+                  f"n = d(sys.stdin.read(), {body['load_format']!r}); "
                   "print(sum(float(t.double().sum()) for _, t in n), "
-                  "n[0][1].untyped_storage()._share_filename_cpu_()[1].decode()); "
+                  "'+'.join(sorted({t.untyped_storage()._share_filename_cpu_()[1].decode() for _, t in n}))); "
                   "del n")  # an engine lets go of a bucket once it has loaded it
         out = subprocess.run([sys.executable, "-c", decode], input=body["serialized_named_tensors"][0],
                              capture_output=True, text=True)
         print(out.stdout.strip() or out.stderr.strip().splitlines()[-1])
 
 t = HandleTransport([OtherProcess(), OtherProcess()])  # two engines map every bucket
-for i in (1, 2, 3):
-    t.send([("w", torch.full((100,), float(i))), ("b", torch.ones(3))], 1)
+if sys.argv[1] == "staging":
+    for i in (1, 2, 3):
+        t.send([("w", torch.full((100,), float(i))), ("b", torch.ones(3))], 1)
+else:  # the parameters themselves, updated in place between syncs as an optimizer does
+    layer = torch.nn.Linear(10, 10)
+    share_cpu_parameters([layer])
+    for i in (1, 2, 3):
+        with torch.no_grad():
+            layer.weight.fill_(i)
+            layer.bias.fill_(0.25)
+        t.send([("w", layer.weight.detach()), ("b", layer.bias.detach()[:4])], 1)
+    assert t.packed_bytes == 0
 t.close()
 """
+
+
+def _two_engine_processes(source: str) -> tuple[list[str], list[str]]:
+    """Sums and shared-memory file names the two engine processes read, three buckets each."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", SENDER, source], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=root))
+    sums, files = zip(*(line.split() for line in out.stdout.splitlines())) if out.stdout else ((), ())
+    assert out.returncode == 0 and len(sums) == 6, out.stdout + out.stderr[-2000:]
+    return sorted(sums), list(files)
 
 
 def test_two_engine_processes_open_every_bucket_of_the_reused_buffers():
     """Each engine that maps a bucket takes over one reference to its shared-memory file; with one pickling shared
     by two engines the file was unlinked after the first bucket, and the next bucket in the same (reused) buffer
     could no longer be opened (seen with two real SGLang servers)."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", SENDER], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=root))
-    sums, files = zip(*(line.split() for line in out.stdout.splitlines())) if out.stdout else ((), ())
-    assert sorted(sums) == ["103.0", "103.0", "203.0", "203.0", "303.0", "303.0"], out.stdout + out.stderr[-2000:]
+    sums, files = _two_engine_processes("staging")
+    assert sums == ["103.0", "103.0", "203.0", "203.0", "303.0", "303.0"]
     assert len(set(files)) == 2, files  # the two staging buffers themselves, not a fresh copy per bucket
+
+
+def test_two_engine_processes_read_the_updated_parameters_at_every_sync():
+    """The engines map the trainer's own parameter memory: each sync they read what the optimizer wrote in place,
+    through the same files (one per parameter), and every engine can open them at every sync."""
+    sums, files = _two_engine_processes("parameters")
+    assert sums == ["101.0", "101.0", "201.0", "201.0", "301.0", "301.0"]
+    assert len(set(files)) == 1 and len(files[0].split("+")) == 2, files

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megatron_sgpo.weights.sync import buckets
+from megatron_sgpo.weights.stage_tensors import buckets
 from tests.distributed import load, torchrun
 
 
@@ -33,3 +33,36 @@ def test_buckets_respect_size_and_keep_order():
     assert [[n for n, _ in b] for b in out] == [["t0", "t1"], ["t2"], ["t3"], ["t4"], ["t5"]]
     with pytest.raises(ValueError, match="bucket_bytes must be > 0"):
         list(buckets(named, 0))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_the_mapping_writes_what_it_must_copy_into_the_scratch_and_maps_the_same(tp):
+    """With a scratch, the sync's mapping gives the same HF tensors; the copies (regrouped query heads, gathered
+    shards) land in the scratch's reused memory, and a single shard's other tensors stay views of it."""
+    from megatron_sgpo.model.mapping import WeightMapping
+    from megatron_sgpo.weights.transports import SharedScratch, in_shared_memory
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "num_key_value_heads": 2,
+           "hidden_size": 8, "vocab_size": 200, "intermediate_size": 6}
+    mapping, scratch = WeightMapping(cfg, tp), SharedScratch()
+    full = {"decoder.layers.0.self_attention.linear_qkv.weight": torch.randn(16, 8),
+            "decoder.layers.0.mlp.linear_fc1.weight": torch.randn(12, 8),
+            "decoder.layers.0.mlp.linear_fc2.weight": torch.randn(8, 6),
+            "embedding.word_embeddings.weight": torch.randn(mapping.padded_vocab, 8)}
+    for name, tensor in full.items():
+        kind = mapping.rule(name).kind
+        shards = [tensor.chunk(tp, dim=1 if kind == "dim1" else 0)[r] for r in range(tp)]
+        if kind == "fc1":  # rank r holds [gate_r; up_r]
+            gate, up = tensor.chunk(2)
+            shards = [torch.cat([g, u]) for g, u in zip(gate.chunk(tp), up.chunk(tp))]
+        plain = mapping.to_hf(name, shards)
+        first = mapping.to_hf(name, shards, scratch)
+        again = mapping.to_hf(name, shards, scratch)
+        assert [n for n, _ in first] == [n for n, _ in plain]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, plain)), name
+        for (hf_name, a), (_, b) in zip(first, again):
+            copied = tp > 1 or kind == "qkv"
+            assert in_shared_memory([(hf_name, a)]) == copied, hf_name
+            assert a.data_ptr() == b.data_ptr()  # the same memory at every sync
+            if not copied:
+                assert a.untyped_storage().data_ptr() == shards[0].untyped_storage().data_ptr()

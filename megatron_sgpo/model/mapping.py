@@ -25,8 +25,10 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 # layer-local megatron suffix -> (HF suffix(es) under model.layers.{i}., layout kind)
 _LAYER_RULES = {
-    "self_attention.linear_qkv.weight": (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "qkv"),
-    "self_attention.linear_qkv.bias": (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), "qkv"),
+    "self_attention.linear_qkv.weight": (
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "qkv"),
+    "self_attention.linear_qkv.bias": (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+                                       "qkv"),
     "self_attention.linear_qkv.layer_norm_weight": (("input_layernorm.weight",), "replicated"),
     "input_layernorm.weight": (("input_layernorm.weight",), "replicated"),
     "self_attention.q_layernorm.weight": (("self_attn.q_norm.weight",), "replicated"),
@@ -107,23 +109,23 @@ class WeightMapping:
         return self.shard(mg_name, self.full_megatron(mg_name, hf), tp_rank)
 
     # ---- megatron -> HF ----------------------------------------------------------------------
-    def to_hf(self, mg_name: str, shards: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    def to_hf(self, mg_name: str, shards: list[torch.Tensor], scratch=None) -> list[tuple[str, torch.Tensor]]:
         """HF (name, full tensor) pairs from all TP ranks' shards of one megatron parameter. From a single shard
-        (TP=1) they are views of it where the layout allows, not copies: a weight sync copies each tensor once,
-        into its bucket."""
+        (TP=1) they are views of it where the layout allows, not copies: a weight sync copies each tensor once.
+        A tensor that must be copied (shards concatenated, or grouped query heads regrouped) is written into
+        ``scratch(hf_name, shape, dtype)`` when given (memory the caller keeps and reuses), else into new memory."""
         rule = self.rule(mg_name)
+        names = rule.hf_names
         if rule.kind == "replicated":
-            return [(rule.hf_names[0], shards[0])]
+            return [(names[0], shards[0])]
         if rule.kind == "dim1":
-            return [(rule.hf_names[0], _cat(shards, dim=1))]
+            return [(names[0], _cat(shards, 1, names[0], scratch))]
         if rule.kind == "vocab":
-            return [(rule.hf_names[0], _cat(shards)[: self.vocab_size])]
+            return [(names[0], _cat(shards, 0, names[0], scratch)[: self.vocab_size])]
         if rule.kind == "fc1":
             halves = [s.chunk(2) for s in shards]
-            gate = _cat([h[0] for h in halves])
-            up = _cat([h[1] for h in halves])
-            return list(zip(rule.hf_names, (gate, up)))
-        return list(zip(rule.hf_names, self._split_qkv(_cat(shards))))
+            return [(name, _cat([h[i] for h in halves], 0, name, scratch)) for i, name in enumerate(names)]
+        return list(zip(names, self._split_qkv(_cat(shards, 0, mg_name, scratch), names, scratch)))
 
     # ---- layouts -----------------------------------------------------------------------------
     def _merge_qkv(self, q, k, v):
@@ -135,13 +137,20 @@ class WeightMapping:
         v = v.reshape(ng, hd, *tail)
         return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
 
-    def _split_qkv(self, fused):
+    def _split_qkv(self, fused, names=None, scratch=None):
         ng, hd = self.groups, self.head_dim
         per_group = self.heads // ng
         tail = fused.shape[1:]
         grouped = fused.reshape(ng, (per_group + 2) * hd, *tail)
-        q, k, v = grouped.split([per_group * hd, hd, hd], dim=1)
-        return q.reshape(-1, *tail), k.reshape(-1, *tail), v.reshape(-1, *tail)
+        parts = grouped.split([per_group * hd, hd, hd], dim=1)
+        if scratch is None or ng == 1:  # one query group: plain row blocks, so views
+            return tuple(p.reshape(-1, *tail) for p in parts)
+        out = []
+        for name, part in zip(names, parts):
+            dst = scratch(name, (part.shape[0] * part.shape[1], *tail), part.dtype)
+            dst.view(part.shape).copy_(part)
+            out.append(dst)
+        return tuple(out)
 
     def _pad_vocab(self, t):
         if t.shape[0] != self.vocab_size:
@@ -150,9 +159,15 @@ class WeightMapping:
         return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
 
 
-def _cat(shards: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """torch.cat, without the copy when there is only one shard."""
-    return shards[0] if len(shards) == 1 else torch.cat(shards, dim=dim)
+def _cat(shards: list[torch.Tensor], dim: int = 0, name: str = "", scratch=None) -> torch.Tensor:
+    """torch.cat, without the copy when there is only one shard; into ``scratch(name, shape, dtype)`` if given."""
+    if len(shards) == 1:
+        return shards[0]
+    if scratch is None:
+        return torch.cat(shards, dim=dim)
+    shape = list(shards[0].shape)
+    shape[dim] = sum(s.shape[dim] for s in shards)
+    return torch.cat(shards, dim=dim, out=scratch(name, tuple(shape), shards[0].dtype))
 
 
 def global_names(chunk) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import torch
@@ -63,6 +64,25 @@ def sample_next(
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
+def split_copies(pairs: list, parts: int) -> list[list]:
+    """(destination, source) pairs of equal shapes dealt into at most ``parts`` groups of about equal bytes,
+    largest first; a tensor over one group's share is cut into row blocks first, so that one large embedding
+    does not leave the other threads idle."""
+    share = max(1, sum(s.numel() * s.element_size() for _, s in pairs) // max(1, parts))
+    pieces = []
+    for d, s in pairs:
+        nbytes = s.numel() * s.element_size()
+        blocks = min(s.shape[0], -(-nbytes // share)) if s.dim() else 1
+        pieces += list(zip(d.chunk(blocks), s.chunk(blocks))) if blocks > 1 else [(d, s)]
+    groups: list[list] = [[] for _ in range(max(1, parts))]
+    sizes = [0] * len(groups)
+    for d, s in sorted(pieces, key=lambda x: -x[1].numel() * x[1].element_size()):
+        k = sizes.index(min(sizes))
+        groups[k].append((d, s))
+        sizes[k] += s.numel() * s.element_size()
+    return [g for g in groups if g]
+
+
 class LocalEngine(RolloutEngine):
     """KV-cached sampling on an HF checkpoint folder; fp32 on CPU, bf16 on CUDA by default."""
 
@@ -72,6 +92,7 @@ class LocalEngine(RolloutEngine):
         device: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
         max_batch_size: int = 64,
+        load_threads: int = 0,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,6 +112,12 @@ class LocalEngine(RolloutEngine):
         self._abort_epoch = 0
         self._released = False
         self._target_cache: Optional[dict[str, torch.Tensor]] = None
+        # a weight update copies on this many threads (default on CPU: every core this process may use): a copy is
+        # memory-bound, and one thread moves well under the memory bus's bytes; on CUDA the copies are kernels
+        cpu_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.load_threads = load_threads or (cpu_cores if self.device.type == "cpu" else 1)
+        self._load_pool = ThreadPoolExecutor(self.load_threads, thread_name_prefix="load") if self.load_threads > 1 \
+            else None
 
     @classmethod
     def from_config(cls, rollout, model_path: str) -> "LocalEngine":
@@ -222,9 +249,17 @@ class LocalEngine(RolloutEngine):
             if tuple(t.shape) != tuple(targets[name].shape):
                 raise EngineError(f"update_weights: tensor {name!r} has shape {tuple(t.shape)}, "
                                   f"the model expects {tuple(targets[name].shape)}")
-        with self._lock, torch.no_grad():
-            for name, t in items:
-                targets[name].copy_(t.to(device=self.device, dtype=targets[name].dtype))
+        def copy(pairs):
+            with torch.no_grad():
+                for dst, src in pairs:
+                    dst.copy_(src.to(device=self.device, dtype=dst.dtype))
+
+        pairs = [(targets[name], t) for name, t in items]
+        with self._lock:
+            if self._load_pool is None:
+                copy(pairs)
+            else:
+                list(self._load_pool.map(copy, split_copies(pairs, self.load_threads)))
             if self.device.type == "cuda":  # the sender may free (or reuse) its shared buffers once we answer
                 torch.cuda.synchronize(self.device)
             self._version = int(version)
@@ -272,3 +307,5 @@ class LocalEngine(RolloutEngine):
 
     def close(self) -> None:
         self.abort()
+        if self._load_pool is not None:
+            self._load_pool.shutdown(wait=True)

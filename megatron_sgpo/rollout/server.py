@@ -36,7 +36,7 @@ from .engine import EngineError
 from .local import LocalEngine
 from .protocol import completion_to_json, normalize_generate_request
 
-MAPPED_BUFFERS = 8  # flattened buckets kept mapped: senders reuse theirs, and one still mapped costs no new mapping
+MAPPED_REQUESTS = 8  # CPU payloads kept mapped: senders reuse their memory, and mapped memory needs no new mapping
 
 
 class HTTPError(Exception):
@@ -55,7 +55,7 @@ class SGLangCompatApp:
         self.inflight_lock = threading.Lock()
         self.groups: dict[str, Any] = {}
         self.session_open = False
-        self.mapped_buffers: deque = deque(maxlen=MAPPED_BUFFERS)
+        self.mapped_requests: deque = deque(maxlen=MAPPED_REQUESTS)
         get_post = ("GET", "POST")
         self.routes: dict[tuple[str, str], Callable[[dict], Any]] = {}
         for methods, path, fn in [
@@ -211,8 +211,8 @@ class SGLangCompatApp:
             raise HTTPError(400, f"load_format {load_format!r} is not supported by sgpo serve")
         start = time.perf_counter()
         named = deserialize_named_tensors(payloads[0], load_format)  # this server is a single TP rank
-        if named and load_format == FLATTENED and named[0][1].device.type == "cpu":
-            self.mapped_buffers.append(named[0][1])  # not CUDA IPC: that would pin the sender's memory
+        if named and named[0][1].device.type == "cpu":  # not CUDA IPC: that would pin the sender's memory
+            self.mapped_requests.append([t for _, t in named])
         mapped = time.perf_counter()
         version = self._version(body)
         self.engine.update_weights(named, version)
@@ -351,6 +351,8 @@ def serve_main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--weight-version", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--load-threads", type=int, default=0,
+                    help="threads copying a weight update into the model (default: every core on CPU, 1 on CUDA)")
     ap.add_argument("--enable-memory-saver", action="store_true",
                     help="release_memory_occupation really releases (as SGLang's flag; otherwise it is a no-op)")
     ap.add_argument("--enable-deterministic-inference", action="store_true",
@@ -359,7 +361,7 @@ def serve_main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = LocalEngine(args.model, device=args.device, max_batch_size=args.max_batch_size,
-                         dtype=getattr(torch, args.dtype) if args.dtype else None)
+                         dtype=getattr(torch, args.dtype) if args.dtype else None, load_threads=args.load_threads)
     engine.set_weight_version(args.weight_version)
     server = build_server(engine, args.host, args.port, args.enable_memory_saver,
                           args.enable_deterministic_inference)

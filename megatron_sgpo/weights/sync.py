@@ -1,9 +1,7 @@
 """The weight sync, the one owner of "trained shards → engines": gather, map, bucket, deliver.
 
 Each pipeline stage turns its own layers into HF tensors on one *sender*, the stage's first TP rank of
-DP replica 0: TP shards are gathered to it (its TP peers only send their shard, so no other rank ever
-holds a full tensor), mapped with :class:`WeightMapping` (vocab padding trimmed, fused QKV and gate/up
-split) and cast to the engine's dtype, on the device the policy lives on.
+DP replica 0 (:mod:`megatron_sgpo.weights.stage_tensors`); no other rank ever holds a full tensor.
 
 Engine *servers* (SGLang, ``sgpo serve``, one or several) get each stage straight from its sender through
 a transport of :mod:`megatron_sgpo.weights.transports`; stages send in parallel, and a sender gathers
@@ -26,12 +24,11 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from megatron_sgpo.model.load import unwrap
-from megatron_sgpo.model.mapping import WeightMapping, global_names
+from megatron_sgpo.model.mapping import WeightMapping
 from megatron_sgpo.platform.dist import device, rank_errors
 from megatron_sgpo.rollout.engine import EngineError
+from megatron_sgpo.weights.stage_tensors import buckets, stage_hf_tensors, stage_parameters
 
-Named = list[tuple[str, torch.Tensor]]
 TRANSPORTS = ("tensor", "distributed", "disk")
 
 
@@ -39,62 +36,6 @@ def _is_sender() -> bool:
     from megatron.core import parallel_state as ps
 
     return ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
-
-
-def _gather_tp(param: torch.Tensor, replicated: bool) -> list[torch.Tensor] | None:
-    """All TP shards of ``param`` on the stage's sender (None elsewhere); TP peers only send theirs."""
-    from megatron.core import parallel_state as ps
-
-    tp = ps.get_tensor_model_parallel_world_size()
-    if replicated or tp == 1:
-        return [param.detach()] if ps.get_tensor_model_parallel_rank() == 0 else None
-    group = ps.get_tensor_model_parallel_group()
-    sender = dist.get_global_rank(group, 0)
-    local = param.detach().contiguous()
-    if dist.get_rank() == sender:
-        shards = [torch.empty_like(local) for _ in range(tp)]
-        dist.gather(local, shards, dst=sender, group=group)
-        return shards
-    dist.gather(local, None, dst=sender, group=group)
-    return None
-
-
-def stage_hf_tensors(chunks, mapping: WeightMapping,
-                     dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """This stage's parameters as HF (name, full tensor) pairs, yielded on the stage's first TP rank only;
-    its TP peers must iterate too (they send their shards) and get nothing. With tied embeddings the last
-    stage's copy of the output weight is skipped: the first stage sends the embedding, the same tensor."""
-    seen = set()
-    for chunk in chunks:
-        model = unwrap(chunk)
-        params = dict(model.named_parameters())
-        for local, name in global_names(model).items():
-            if mapping.tied and name == "output_layer.weight":
-                continue
-            rule = mapping.rule(name)
-            shards = _gather_tp(params[local], rule.kind == "replicated")
-            if shards is None:
-                continue
-            for hf_name, tensor in mapping.to_hf(name, shards):
-                if hf_name not in seen:
-                    seen.add(hf_name)
-                    yield hf_name, (tensor.to(dtype) if dtype is not None else tensor)
-
-
-def buckets(named, bucket_bytes: int) -> Iterator[Named]:
-    """Group (name, tensor) pairs into lists of at most ``bucket_bytes`` (a larger tensor goes alone)."""
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    bucket, size = [], 0
-    for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 def _stage_senders() -> list[int]:
@@ -195,7 +136,8 @@ class WeightSync:
             raise ValueError("weight transport 'disk' needs a folder shared with the engines (disk_dir)")
         self.senders = _stage_senders()
         self.sender = self.remote and self.rank in self.senders
-        self._transport = None
+        self._params = stage_parameters(chunks, mapping)
+        self._transport = self._scratch = None
 
         def make():
             self._transport = self._make_transport()
@@ -222,11 +164,25 @@ class WeightSync:
         return error
 
     def _make_transport(self):
+        from megatron.core import parallel_state as ps
+
         from megatron_sgpo.rollout.sglang import SGLangClient
-        from megatron_sgpo.weights.transports import BroadcastTransport, DiskTransport, HandleTransport
+        from megatron_sgpo.weights.transports import (
+            BroadcastTransport,
+            DiskTransport,
+            HandleTransport,
+            SharedScratch,
+            share_cpu_parameters,
+        )
 
         clients = [SGLangClient(url, tp_size=tp) for url, tp in self.servers]
         if self.transport_name == "tensor":
+            # at TP=1 the stage's HF tensors are views of its parameters, or regrouped query heads: engines on
+            # this host read both from shared memory, with no copy into a staging buffer
+            on_cpu = all(p.device.type == "cpu" for _, p, _ in self._params)
+            if on_cpu and ps.get_tensor_model_parallel_world_size() == 1 and self._scratch is None:
+                share_cpu_parameters(self.chunks)
+                self._scratch = SharedScratch()
             return HandleTransport(clients)
         if self.transport_name == "disk":
             return DiskTransport(clients, self.disk_dir, self.stage)
@@ -238,7 +194,8 @@ class WeightSync:
     def push(self, version: int) -> dict:
         """Collective: every rank calls it after the optimizer step. Returns this rank's counts, including
         ``full_tensors`` (how many full HF tensors this rank held: zero unless it is a sender or rank 0 of an
-        in-process engine)."""
+        in-process engine) and, for engine servers, ``packed_bytes`` (what a sender copied into staging buffers:
+        zero when the engines read its parameters' shared memory)."""
         if not self.remote:
             return self._push_in_process(version)
         for attempt in (1, 2):
@@ -275,7 +232,7 @@ class WeightSync:
                     except Exception:  # noqa: BLE001  the first error is the one to report
                         pass
         opened = not rank_errors(error)  # senders wait for the session to exist
-        stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0}
+        stats = {"bytes": 0, "tensors": 0, "buckets": 0, "full_tensors": 0, "packed_bytes": 0}
         if opened:
             self._follow_fleet()
             error = self._stream(version, stats)
@@ -310,12 +267,14 @@ class WeightSync:
     def _stream(self, version: int, stats: dict) -> Exception | None:
         """Senders: gather and send bucket by bucket, up to the transport's ``in_flight`` buckets on their way
         while the next is gathered; TP peers: send shards."""
-        named = stage_hf_tensors(self.chunks, self.mapping, self.dtype) if self._takes_part() else iter(())
+        named = (stage_hf_tensors(self.chunks, self.mapping, self.dtype, self._params, self._scratch)
+                 if self._takes_part() else iter(()))
         if not self.sender:
             for _ in named:
                 stats["full_tensors"] += 1
             return None
         pending, error = deque(), None
+        packed = getattr(self._transport, "packed_bytes", 0)
         try:
             for bucket in buckets(named, self.bucket_bytes):
                 while len(pending) >= self._transport.in_flight:
@@ -327,6 +286,7 @@ class WeightSync:
                 stats["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
             while pending:
                 pending.popleft().result()
+            stats["packed_bytes"] = getattr(self._transport, "packed_bytes", 0) - packed
         except Exception as exc:  # noqa: BLE001  a failed send: reported to every rank by the caller
             error = exc
             for _ in named:  # finish the gathers, so the TP peers are not left waiting in one

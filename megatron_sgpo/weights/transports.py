@@ -27,7 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from megatron_sgpo.weights.broadcast_group import destroy_weight_group, dtype_name, init_weight_group
-from megatron_sgpo.weights.tensor_handles import FLATTENED, flatten_bucket, serialize_handles, use_file_system_sharing
+from megatron_sgpo.weights.tensor_handles import (
+    FLATTENED,
+    flatten_bucket,
+    serialize_handles,
+    unflatten_bucket,
+    use_file_system_sharing,
+)
 
 
 def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
@@ -43,15 +49,18 @@ def _all(pool: ThreadPoolExecutor, fn, clients) -> list:
 class HandleTransport:
     """The same bucket posted to every engine as handles, pickled once per engine TP rank.
 
-    Each bucket is packed into one of ``in_flight`` flat buffers, and bucket k+1 is packed while the engines load
-    bucket k. On CPU the buffers are shared memory kept for the whole run: packing is one copy into memory the
-    engines have mapped before, and pickling sends its name rather than moving the bytes. A buffer is reused only
-    once every engine has answered for the bucket it held."""
+    Tensors in CPU shared memory (a TP=1 stage's parameters, once :func:`share_cpu_parameters` has moved them)
+    go as they are: the engines copy straight from the trainer's weights. The others are packed into one of
+    ``in_flight`` flat buffers, and bucket k+1 is packed while the engines load bucket k. On CPU the buffers are
+    shared memory kept for the whole run: packing is one copy into memory the engines have mapped before, and
+    pickling sends its name rather than moving the bytes. A buffer is reused only once every engine has answered
+    for the bucket it held."""
 
     in_flight = 2
 
     def __init__(self, clients):
         self.clients = list(clients)
+        self.packed_bytes = 0  # copied into the staging buffers so far: none for buckets of shared parameters
         self._pool = ThreadPoolExecutor(max(1, len(self.clients)) * self.in_flight, thread_name_prefix="sync-handles")
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(self.in_flight):
@@ -60,18 +69,33 @@ class HandleTransport:
     def send(self, bucket, version: int) -> None:
         slot = self._free.get()  # one per send in flight, so this never waits
         try:
-            flat = flatten_bucket(bucket, lambda n, d: staging_buffer(slot, n, d))
+            obj, load_format = self._pack(bucket, slot)
             # one pickling per receiving rank: each adds the reference to the shared-memory file that its receiver
             # takes over, so a file a second receiver opens is never unlinked under the sender's reused buffer
-            payloads = {id(c): [serialize_handles(flat) for _ in range(c.tp_size)] for c in self.clients}
+            payloads = {id(c): [serialize_handles(obj) for _ in range(c.tp_size)] for c in self.clients}
             _all(self._pool, lambda c: c.request(
                 "POST", "/update_weights_from_tensor",
-                {"serialized_named_tensors": payloads[id(c)], "load_format": FLATTENED,
+                {"serialized_named_tensors": payloads[id(c)], "load_format": load_format,
                  "weight_version": str(int(version)), "flush_cache": False}, retry=False), self.clients)
         finally:
             if slot.get("buffer") is not None and slot["buffer"].device.type != "cpu":
                 slot.clear()  # the CUDA caching allocator reuses the memory anyway; hold none through training
             self._free.put(slot)
+
+    def _pack(self, bucket, slot: dict):
+        """The payload and its ``load_format``: tensors outside CPU shared memory are copied into the slot's
+        buffer; a bucket of only those goes as that one flat buffer, any other as a handle per tensor, the shared
+        ones as they are (no copy) and the rest as views of the buffer."""
+        named = [(str(n), t.detach()) for n, t in bucket]
+        shared = [in_shared_memory([x]) for x in named]
+        if all(shared):
+            return named, None
+        flat = flatten_bucket([x for x, s in zip(named, shared) if not s], lambda n, d: staging_buffer(slot, n, d))
+        self.packed_bytes += flat["flattened_tensor"].numel()
+        if not any(shared):
+            return flat, FLATTENED
+        packed = iter(unflatten_bucket(flat))
+        return [x if s else next(packed) for x, s in zip(named, shared)], None
 
     def reconnect(self) -> None:
         """Nothing to re-create: every bucket is a self-contained request."""
@@ -82,9 +106,54 @@ class HandleTransport:
             self._free.get().clear()
 
 
+SHARED_MEMORY_DIR = "/dev/shm"  # where torch's file-system sharing puts its files on Linux
+
+
+def share_cpu_parameters(modules) -> int:
+    """Move the storages of the modules' CPU parameters into shared memory, in place (every view follows them),
+    once per run: the HF tensors of a TP=1 stage are views of them, which the engines then map and copy from with
+    no copy on the sender. Returns the bytes moved. CUDA parameters are left alone."""
+    use_file_system_sharing()  # a file another process can open by name, not a descriptor of ours
+    storages = {}
+    for module in modules:
+        for param in module.parameters():
+            storage = param.untyped_storage()
+            if param.device.type == "cpu" and not storage.is_shared():
+                storages[storage.data_ptr()] = storage
+    moved = sum(s.nbytes() for s in storages.values())
+    free = shutil.disk_usage(SHARED_MEMORY_DIR).free if os.path.isdir(SHARED_MEMORY_DIR) else moved
+    if moved > free:
+        raise RuntimeError(f"rollout.weight_sync=tensor keeps this stage's {moved / 2**30:.2f} GiB of parameters in "
+                           f"shared memory, but {SHARED_MEMORY_DIR} has {free / 2**30:.2f} GiB free: enlarge it "
+                           f"(docker run --shm-size) or use rollout.weight_sync=distributed")
+    for storage in storages.values():
+        storage.share_memory_()
+    return moved
+
+
+class SharedScratch:
+    """Where the weight mapping writes the tensors it must copy (:meth:`WeightMapping.to_hf`): CPU shared memory,
+    one tensor per HF name, kept for the run. Those tensors then go to the engines as they are, like the
+    parameters: no second copy into a staging buffer, and no fresh pages to fault in at every sync."""
+
+    def __init__(self):
+        self._held: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        held = self._held.get(name)
+        if held is None or held.shape != torch.Size(shape) or held.dtype != dtype:
+            use_file_system_sharing()
+            held = self._held[name] = torch.empty(shape, dtype=dtype).share_memory_()
+        return held
+
+
+def in_shared_memory(bucket) -> bool:
+    """Every tensor of the bucket lies in CPU shared memory (see :func:`share_cpu_parameters`)."""
+    return all(t.device.type == "cpu" and t.untyped_storage().is_shared() for _, t in bucket)
+
+
 def staging_buffer(slot: dict, nbytes: int, device: torch.device) -> torch.Tensor:
-    """The first ``nbytes`` of the slot's buffer, (re)allocated when too small or on another device. Never a
-    parameter's own storage, which pickling on CPU would move into a file that vanishes with the engine's use."""
+    """The first ``nbytes`` of the slot's buffer, (re)allocated when too small or on another device."""
     buf = slot.get("buffer")
     if buf is None or buf.numel() < nbytes or buf.device != device:
         slot.pop("buffer", None)

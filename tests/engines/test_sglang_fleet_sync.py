@@ -33,3 +33,8 @@ def test_each_stage_sent_its_own_layers(synced):
     counts = synced[0]["tensor"]["counts"]
     assert [c["sender"] for c in counts] == [True, True]  # PP=2: one sender per stage, no rank-0 funnel
     assert all(c["tensors"] > 0 and c["full_tensors"] == c["tensors"] for c in counts)
+
+
+def test_at_tp1_the_servers_read_the_trainers_parameters_with_no_copy_on_its_side(synced):
+    counts = synced[0]["tensor"]["counts"]
+    assert [c["packed_bytes"] for c in counts] == [0, 0] and all(c["bytes"] > 0 for c in counts)

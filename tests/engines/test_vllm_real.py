@@ -15,7 +15,7 @@ import torch
 
 from megatron_sgpo.rollout.engine import EngineError, SamplingParams
 from megatron_sgpo.tasks.registry import get_task
-from megatron_sgpo.weights.sync import buckets
+from megatron_sgpo.weights.stage_tensors import buckets
 from tests.rollout.helpers import teacher_forced_logprobs as reference
 
 from .conftest import ROOT

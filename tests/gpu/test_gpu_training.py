@@ -12,7 +12,8 @@ from megatron_sgpo.platform.layout import ParallelLayout
 from megatron_sgpo.train.policy import OptimConfig, Policy
 from megatron_sgpo.train.step import collate
 from megatron_sgpo.train.update import attach_old_logprobs, make_loss_fn
-from megatron_sgpo.weights.sync import stage_hf_tensors, sync_weights
+from megatron_sgpo.weights.stage_tensors import stage_hf_tensors
+from megatron_sgpo.weights.sync import sync_weights
 
 pytestmark = pytest.mark.gpu
 SEQS = [[3, 17, 42, 8, 8, 21, 64, 5, 9, 11, 30, 2], [7, 7, 50, 13, 90, 1, 4, 33]]

@@ -19,7 +19,7 @@ import torch
 
 from megatron_sgpo.config import RolloutSection
 from megatron_sgpo.rollout.engine import EngineError, SamplingParams
-from megatron_sgpo.weights.sync import buckets
+from megatron_sgpo.weights.stage_tensors import buckets
 from megatron_sgpo.weights.tensor_handles import serialize_named_tensors
 
 from .helpers import teacher_forced_logprobs

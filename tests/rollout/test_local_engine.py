@@ -143,3 +143,29 @@ def test_argument_errors(local_engine):
         SamplingParams(top_p=0)
     with pytest.raises(EngineError, match="context length 2048"):
         local_engine.generate([PROMPTS[0]], [1], SamplingParams(max_new_tokens=2046))
+
+
+def test_split_copies_covers_every_row_once_in_balanced_groups():
+    from megatron_sgpo.rollout.local import split_copies
+
+    pairs = [(torch.zeros(100, 4), torch.randn(100, 4)), (torch.zeros(3), torch.randn(3)),
+             (torch.zeros(10, 4), torch.randn(10, 4)), (torch.zeros(()), torch.randn(()))]
+    groups = split_copies(pairs, 2)
+    sizes = [sum(s.numel() for _, s in g) for g in groups]
+    assert len(groups) == 2 and sum(sizes) == 400 + 3 + 40 + 1 and max(sizes) - min(sizes) <= 40
+    for group in groups:
+        for dst, src in group:
+            dst.copy_(src)
+    assert all(torch.equal(d, s) for d, s in pairs)  # the blocks were views of the whole tensors
+
+
+def test_an_update_loaded_on_two_threads_equals_the_weights_sent(tiny_model_dir):
+    engine = LocalEngine(tiny_model_dir, device="cpu", load_threads=2)
+    try:
+        named = [(n, torch.randn_like(p)) for n, p in engine.model.named_parameters()]
+        engine.update_weights(named, version=3)
+        params = dict(engine.model.named_parameters())
+        assert engine.load_threads == 2 and engine.weight_version == 3
+        assert all(torch.equal(params[n], t) for n, t in named)
+    finally:
+        engine.close()
